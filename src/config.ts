@@ -1,0 +1,226 @@
+import * as v from "valibot";
+
+/** A listen address: `:8080` (all interfaces) or `host:8080`. Port 0 asks the OS for a free port. */
+export interface ListenAddr {
+  host: string | undefined;
+  port: number;
+}
+
+const DURATION_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses a Go duration (`60s`, `1m30s`, `250ms`, `0`) into milliseconds; undefined when malformed. */
+export function parseDuration(text: string): number | undefined {
+  const s = text.trim();
+  if (s === "0") return 0;
+  if (!/^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$/.test(s)) return undefined;
+  let total = 0;
+  for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)) total += Number(m[1]) * DURATION_UNITS[m[2]!]!;
+  return Math.round(total);
+}
+
+/** Formats milliseconds the way Go prints durations (`1m30s`, `250ms`). */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return "0s";
+  if (ms < 1000) return `${ms}ms`;
+  const h = Math.floor(ms / 3_600_000);
+  const m = Math.floor((ms % 3_600_000) / 60_000);
+  const s = (ms % 60_000) / 1000;
+  return `${h ? `${h}h` : ""}${h || m ? `${m}m` : ""}${s}s`;
+}
+
+/** Parses `:8080`, `host:8080` or `[::1]:8080`; undefined when malformed. */
+export function parseAddr(text: string): ListenAddr | undefined {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})$/.exec(text.trim());
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port > 65535) return undefined;
+  const host = m[1] ? m[1].replace(/^\[|\]$/g, "") : undefined;
+  return { host, port };
+}
+
+/** A URL base a client can dial for a listen address (`:8080` → `http://127.0.0.1:8080`). */
+export function addrToUrl(addr: ListenAddr): string {
+  const host = !addr.host || addr.host === "0.0.0.0" || addr.host === "::" ? "127.0.0.1" : addr.host;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`;
+}
+
+/** Parses a byte size: `10485760`, `64KiB`, `10MiB`, `1GiB` (also KB/MB/GB as powers of 1000). */
+export function parseBytes(text: string): number | undefined {
+  const m = /^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const mult: Record<string, number> = { B: 1, KB: 1e3, KiB: 1024, MB: 1e6, MiB: 1024 ** 2, GB: 1e9, GiB: 1024 ** 3 };
+  return Number(m[1]) * mult[m[2] ?? "B"]!;
+}
+
+const SUBDOMAIN_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+function custom<T>(parse: (s: string) => T | undefined, form: string) {
+  return v.pipe(
+    v.string(),
+    v.check((s) => parse(s) !== undefined, form),
+    v.transform((s) => parse(s) as T),
+  );
+}
+const duration = custom(parseDuration, "a Go duration such as 60s, 1m30s or 250ms");
+const addr = custom(parseAddr, "an address such as :8080 or 127.0.0.1:8080");
+const bytes = custom(parseBytes, "a size in bytes such as 10485760, 64KiB or 10MiB");
+const intIn = (min: number, max: number) =>
+  custom((s) => (/^\d+$/.test(s) && Number(s) >= min && Number(s) <= max ? Number(s) : undefined), `a whole number from ${min} to ${max}`);
+const httpUrl = custom((s) => {
+  try {
+    const u = new URL(s);
+    return u.protocol === "http:" || u.protocol === "https:" ? s.replace(/\/+$/, "") : undefined;
+  } catch {
+    return undefined;
+  }
+}, "an http:// or https:// URL");
+const pgUrl = custom((s) => (/^postgres(ql)?:\/\//.test(s) ? s : undefined), "a postgres:// or postgresql:// URL");
+const nonEmpty = custom((s) => (s.trim() ? s.trim() : undefined), "a non-empty string");
+const baseDomain = custom(
+  (s) => {
+    const d = s.trim().toLowerCase().replace(/\.$/, "");
+    return d.split(".").every((l) => SUBDOMAIN_LABEL.test(l)) ? d : undefined;
+  },
+  "a DNS name such as hatch.local (labels of a-z, 0-9 and inner hyphens)",
+);
+const apiKeys = custom(
+  (s) => {
+    const keys = s.split(",").map((k) => k.trim()).filter(Boolean);
+    if (!keys.length) return undefined;
+    return keys.every((k) => !k.startsWith("sha256:") || /^sha256:[0-9a-f]{64}$/.test(k)) ? keys : undefined;
+  },
+  "comma-separated keys, each plain or sha256:<64 lowercase hex digits>",
+);
+const entryPoints = custom(
+  (s) => {
+    const eps = s.split(",").map((e) => e.trim()).filter(Boolean);
+    return eps.length && eps.every((e) => /^[A-Za-z0-9_-]+$/.test(e)) ? eps : undefined;
+  },
+  "comma-separated Traefik entry point names such as web,websecure",
+);
+const logLevel = v.picklist(["debug", "info", "warn", "error", "silent"], "one of debug, info, warn, error, silent");
+
+/**
+ * Every environment variable the project reads, with its default and meaning.
+ * README's configuration table is checked against this list by a test.
+ */
+export const ENV_VARS = {
+  HATCH_HTTP_ADDR: { default: ":8080", schema: addr, doc: "Route API listen address (also serves /traefik/config)." },
+  HATCH_PROXY_ADDR: { default: ":9090", schema: addr, doc: "Public proxy address: Traefik's `web` entry point, or the embedded proxy when no Traefik is found." },
+  HATCH_WAKE_ADDR: { default: ":9091", schema: addr, doc: "Wake sidecar listen address (Traefik's catch-all target)." },
+  HATCH_PROXY_BASE_DOMAIN: { default: "hatch.local", schema: baseDomain, doc: "Base domain: a route `myapp` answers on `myapp.<base>`." },
+  HATCH_PROXY_WAKE_TIMEOUT: { default: "60s", schema: duration, doc: "How long a request may wait for its VM to wake and its port to answer (then 504)." },
+  DATABASE_URL: { default: undefined, schema: pgUrl, doc: "PostgreSQL URL. Unset: embedded PGlite in HATCH_DATA_DIR." },
+  HATCH_DATA_DIR: { default: "./data", schema: nonEmpty, doc: "Directory for the embedded database, the generated API key and the simulator's VMs." },
+  HATCH_API_KEYS: { default: undefined, schema: apiKeys, doc: "Comma-separated API keys (plain or `sha256:<hex>`). Unset (and no verify URL): a key is generated once and kept in the data dir." },
+  HATCH_BETTER_AUTH_VERIFY_URL: { default: undefined, schema: httpUrl, doc: "Verify keys with Hatch's better-auth endpoint; routes are then scoped per user." },
+  HATCH_API_URL: { default: undefined, schema: httpUrl, doc: "Hatch VM API base URL. Unset: the built-in VM simulator." },
+  HATCH_API_KEY: { default: undefined, schema: nonEmpty, doc: "API key sent to HATCH_API_URL." },
+  HATCH_SIM_ADDR: { default: "127.0.0.1:8090", schema: addr, doc: "Listen address of the built-in VM simulator's API." },
+  HATCH_SIM_RESTORE_MS: { default: "800", schema: intIn(0, 600_000), doc: "Simulated restore/start time in milliseconds (per-VM `restore_ms` overrides it)." },
+  HATCH_SIM_IP_PREFIX: { default: "127.0.1", schema: custom((s) => (/^127\.\d{1,3}\.\d{1,3}$/.test(s) ? s : undefined), "three loopback octets such as 127.0.1"), doc: "Simulated VMs get guest IPs <prefix>.N (loopback only)." },
+  HATCH_VM_SYNC_INTERVAL: { default: "5s", schema: duration, doc: "How often the VM directory re-reads every VM state from the platform." },
+  HATCH_PLATFORM_TIMEOUT: { default: "5s", schema: duration, doc: "Timeout of each VM platform call other than a wake." },
+  HATCH_TRAEFIK_ENTRYPOINTS: { default: "web", schema: entryPoints, doc: "Entry points the generated routers attach to." },
+  HATCH_TRAEFIK_CERT_RESOLVER: { default: undefined, schema: nonEmpty, doc: "When set, routers get TLS with this cert resolver and a wildcard domain for the base domain." },
+  HATCH_TRAEFIK_TOKEN: { default: undefined, schema: nonEmpty, doc: "Bearer token required on /traefik/config. Unset: only loopback clients may read it." },
+  HATCH_WAKE_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the wake sidecar. Default: derived from HATCH_WAKE_ADDR." },
+  HATCH_WAKE_SECRET: { default: undefined, schema: nonEmpty, doc: "Shared secret Traefik adds (X-Hatch-Wake-Secret) and the sidecar requires." },
+  HATCH_WAKE_MAX_BODY: { default: "10MiB", schema: bytes, doc: "Largest request body held while a VM wakes (larger → 413)." },
+  HATCH_WAKE_MAX_WAITERS: { default: "1000", schema: intIn(1, 1_000_000), doc: "Most requests held per waking VM (more → 503 with Retry-After)." },
+  HATCH_WAKE_PAGE_AFTER: { default: "1s", schema: duration, doc: "Browsers still waiting after this get a self-refreshing 'waking' page; 0 = never." },
+  HATCH_LOG_LEVEL: { default: "info", schema: logLevel, doc: "Log level: debug, info, warn, error or silent." },
+  TRAEFIK_BIN: { default: undefined, schema: nonEmpty, doc: "Traefik binary `npm start` runs in front; default: PATH, then the build cache of scripts/traefik.sh." },
+} as const;
+
+type Vars = typeof ENV_VARS;
+type Parsed<K extends keyof Vars> = v.InferOutput<Vars[K]["schema"]>;
+
+export interface Config {
+  httpAddr: ListenAddr;
+  proxyAddr: ListenAddr;
+  wakeAddr: ListenAddr;
+  baseDomain: string;
+  wakeTimeoutMs: number;
+  databaseUrl: string | undefined;
+  dataDir: string;
+  apiKeys: string[] | undefined;
+  authVerifyUrl: string | undefined;
+  hatchApiUrl: string | undefined;
+  hatchApiKey: string | undefined;
+  simAddr: ListenAddr;
+  simRestoreMs: number;
+  simIpPrefix: string;
+  vmSyncIntervalMs: number;
+  platformTimeoutMs: number;
+  traefikEntryPoints: string[];
+  traefikCertResolver: string | undefined;
+  traefikToken: string | undefined;
+  wakeUrl: string;
+  wakeSecret: string | undefined;
+  wakeMaxBody: number;
+  wakeMaxWaiters: number;
+  wakePageAfterMs: number;
+  logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  traefikBin: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+  }
+}
+
+/** Parses the environment once. Throws ConfigError listing every bad variable (name, value, accepted form). */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(ENV_VARS) as [keyof Vars, Vars[keyof Vars]][]) {
+    const raw = env[name];
+    const given = raw !== undefined && raw !== "";
+    const text = given ? raw : spec.default;
+    if (text === undefined) continue;
+    const r = v.safeParse(spec.schema as v.GenericSchema<string, unknown>, text);
+    if (r.success) out[name] = r.output;
+    else {
+      const shown = /KEY|SECRET|TOKEN|PASSWORD/.test(name) ? "<hidden>" : JSON.stringify(text);
+      problems.push(`${name}=${shown}: expected ${r.issues[0]?.message ?? "a valid value"}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  const get = <K extends keyof Vars>(k: K) => out[k] as Parsed<K>;
+  const wakeAddr = get("HATCH_WAKE_ADDR") as ListenAddr;
+  return {
+    httpAddr: get("HATCH_HTTP_ADDR") as ListenAddr,
+    proxyAddr: get("HATCH_PROXY_ADDR") as ListenAddr,
+    wakeAddr,
+    baseDomain: get("HATCH_PROXY_BASE_DOMAIN") as string,
+    wakeTimeoutMs: get("HATCH_PROXY_WAKE_TIMEOUT") as number,
+    databaseUrl: out.DATABASE_URL as string | undefined,
+    dataDir: get("HATCH_DATA_DIR") as string,
+    apiKeys: out.HATCH_API_KEYS as string[] | undefined,
+    authVerifyUrl: out.HATCH_BETTER_AUTH_VERIFY_URL as string | undefined,
+    hatchApiUrl: out.HATCH_API_URL as string | undefined,
+    hatchApiKey: out.HATCH_API_KEY as string | undefined,
+    simAddr: get("HATCH_SIM_ADDR") as ListenAddr,
+    simRestoreMs: get("HATCH_SIM_RESTORE_MS") as number,
+    simIpPrefix: get("HATCH_SIM_IP_PREFIX") as string,
+    vmSyncIntervalMs: get("HATCH_VM_SYNC_INTERVAL") as number,
+    platformTimeoutMs: get("HATCH_PLATFORM_TIMEOUT") as number,
+    traefikEntryPoints: get("HATCH_TRAEFIK_ENTRYPOINTS") as string[],
+    traefikCertResolver: out.HATCH_TRAEFIK_CERT_RESOLVER as string | undefined,
+    traefikToken: out.HATCH_TRAEFIK_TOKEN as string | undefined,
+    wakeUrl: (out.HATCH_WAKE_URL as string | undefined) ?? addrToUrl(wakeAddr),
+    wakeSecret: out.HATCH_WAKE_SECRET as string | undefined,
+    wakeMaxBody: get("HATCH_WAKE_MAX_BODY") as number,
+    wakeMaxWaiters: get("HATCH_WAKE_MAX_WAITERS") as number,
+    wakePageAfterMs: get("HATCH_WAKE_PAGE_AFTER") as number,
+    logLevel: get("HATCH_LOG_LEVEL") as Config["logLevel"],
+    traefikBin: out.TRAEFIK_BIN as string | undefined,
+  };
+}
+
+/** Config for tests: defaults, in-memory-friendly, overridable field by field. */
+export function testConfig(overrides: Partial<Config> = {}): Config {
+  return { ...loadConfig({ HATCH_LOG_LEVEL: "silent", HATCH_API_KEYS: "test-key" }), ...overrides };
+}

@@ -1,0 +1,162 @@
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { createHash } from "node:crypto";
+import { sql } from "drizzle-orm";
+import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import * as schema from "./schema.ts";
+
+export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
+
+/** The committed drizzle-kit migrations, applied at start by both drivers. */
+export const MIGRATIONS_DIR = fileURLToPath(new URL("../../drizzle", import.meta.url));
+
+/** Channel on which every write to routes is announced (LISTEN/NOTIFY), so all replicas refresh. */
+export const ROUTES_CHANNEL = "hatch_routes_changed";
+
+export interface Database {
+  readonly kind: "postgres" | "pglite";
+  readonly db: Db;
+  /**
+   * Runs `fn` while holding an advisory lock named `key`. On Postgres the lock is shared by every
+   * process on the database (a wake happens once across sidecar replicas); PGlite is single-process,
+   * so an in-process lock suffices there. Rejects with LockTimeoutError after `timeoutMs`.
+   */
+  withLock<T>(key: string, timeoutMs: number, fn: () => Promise<T>): Promise<T>;
+  /** Announces a change on `channel` to every process listening on this database. */
+  notify(channel: string, payload: string): Promise<void>;
+  /** Calls `onPayload` for every notification on `channel`; the returned function stops listening. */
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  /** Throws when the database cannot answer a trivial query. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class LockTimeoutError extends Error {
+  constructor(key: string) {
+    super(`timed out waiting for lock ${key}`);
+  }
+}
+
+/** A 64-bit advisory-lock key derived from a name (stable across processes and versions). */
+export function lockKey(name: string): bigint {
+  return createHash("sha256").update(`hatch-proxy:${name}`).digest().readBigInt64BE(0);
+}
+
+export interface OpenOptions {
+  /** postgres:// URL; when absent, PGlite in `dataDir` (or in memory when `dataDir` is undefined). */
+  url?: string | undefined;
+  dataDir?: string | undefined;
+  /** Connection pool size for Postgres. */
+  max?: number;
+}
+
+/** Opens the database and applies pending migrations. */
+export async function openDatabase(opts: OpenOptions): Promise<Database> {
+  const database = opts.url ? await openPostgres(opts.url, opts.max ?? 10) : await openPglite(opts.dataDir);
+  return database;
+}
+
+async function openPostgres(url: string, max: number): Promise<Database> {
+  const { default: postgres } = await import("postgres");
+  const { drizzle } = await import("drizzle-orm/postgres-js");
+  const { migrate } = await import("drizzle-orm/postgres-js/migrator");
+  const client = postgres(url, { max, onnotice: () => {}, connect_timeout: 10, idle_timeout: 60 });
+  // Migrations run on a single connection that holds a session advisory lock, so replicas starting
+  // together apply them once.
+  const migrator = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    const key = lockKey("migrations");
+    await migrator`select pg_advisory_lock(${key.toString()}::bigint)`;
+    await migrate(drizzle(migrator), { migrationsFolder: MIGRATIONS_DIR });
+    await migrator`select pg_advisory_unlock(${key.toString()}::bigint)`;
+  } finally {
+    await migrator.end({ timeout: 5 });
+  }
+  const db = drizzle(client, { schema }) as unknown as Db;
+  const listeners: { unlisten: () => Promise<void> }[] = [];
+  return {
+    kind: "postgres",
+    db,
+    async withLock(name, timeoutMs, fn) {
+      const key = lockKey(name).toString();
+      // A reserved connection holds the session lock for exactly the duration of fn.
+      const conn = await client.reserve();
+      try {
+        const deadline = Date.now() + timeoutMs;
+        for (;;) {
+          const [row] = await conn`select pg_try_advisory_lock(${key}::bigint) as ok`;
+          if (row?.ok) break;
+          if (Date.now() >= deadline) throw new LockTimeoutError(name);
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        try {
+          return await fn();
+        } finally {
+          await conn`select pg_advisory_unlock(${key}::bigint)`.catch(() => {});
+        }
+      } finally {
+        conn.release();
+      }
+    },
+    async notify(channel, payload) {
+      await client.notify(channel, payload);
+    },
+    async listen(channel, onPayload) {
+      const sub = await client.listen(channel, onPayload);
+      listeners.push(sub);
+      return () => sub.unlisten();
+    },
+    async ping() {
+      await client`select 1`;
+    },
+    async close() {
+      await client.end({ timeout: 5 });
+    },
+  };
+}
+
+async function openPglite(dataDir: string | undefined): Promise<Database> {
+  const { PGlite } = await import("@electric-sql/pglite");
+  const { drizzle } = await import("drizzle-orm/pglite");
+  const { migrate } = await import("drizzle-orm/pglite/migrator");
+  if (dataDir) mkdirSync(dataDir, { recursive: true });
+  const pg = dataDir ? await PGlite.create(dataDir) : await PGlite.create();
+  const db = drizzle(pg, { schema });
+  await migrate(db, { migrationsFolder: MIGRATIONS_DIR });
+  const locks = new Map<string, Promise<unknown>>();
+  return {
+    kind: "pglite",
+    db: db as unknown as Db,
+    async withLock(name, timeoutMs, fn) {
+      // PGlite can only be opened by one process: chaining per key is the whole lock.
+      const prev = locks.get(name) ?? Promise.resolve();
+      let timer: NodeJS.Timeout | undefined;
+      const waited = Promise.race([
+        prev.catch(() => {}),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new LockTimeoutError(name)), timeoutMs);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      const run = waited.then(fn);
+      const tail = run.catch(() => {});
+      locks.set(name, tail);
+      void tail.then(() => {
+        if (locks.get(name) === tail) locks.delete(name);
+      });
+      return run;
+    },
+    async notify(channel, payload) {
+      await pg.query(`select pg_notify($1, $2)`, [channel, payload]);
+    },
+    async listen(channel, onPayload) {
+      const unsub = await pg.listen(channel, onPayload);
+      return () => unsub();
+    },
+    async ping() {
+      await db.execute(sql`select 1`);
+    },
+    async close() {
+      await pg.close();
+    },
+  };
+}

@@ -1,0 +1,77 @@
+import { and, desc, eq } from "drizzle-orm";
+import type { Database } from "./client.ts";
+import { ROUTES_CHANNEL } from "./client.ts";
+import { routes, type NewRouteRow, type RouteRow } from "./schema.ts";
+
+/** Thrown by insertRoute when the subdomain is taken (the UNIQUE index decided). */
+export class SubdomainTakenError extends Error {
+  constructor(readonly subdomain: string) {
+    super(`subdomain "${subdomain}" is already in use`);
+  }
+}
+
+/** True when `err` (or its cause, as drizzle wraps driver errors) is a Postgres unique violation. */
+export function isUniqueViolation(err: unknown, constraint?: string): boolean {
+  for (let e: any = err; e; e = e.cause) {
+    if (e.code === "23505" && (!constraint || e.constraint_name === constraint || e.constraint === constraint || String(e.message).includes(constraint))) return true;
+  }
+  return false;
+}
+
+/** Inserts a route and announces the change. Throws SubdomainTakenError on a subdomain collision. */
+export async function insertRoute(d: Database, row: NewRouteRow): Promise<RouteRow> {
+  try {
+    const [created] = await d.db.insert(routes).values(row).returning();
+    await announce(d, row.vmId);
+    return created!;
+  } catch (err) {
+    if (isUniqueViolation(err, "routes_subdomain_key")) throw new SubdomainTakenError(row.subdomain);
+    throw err;
+  }
+}
+
+/** Routes of one VM, newest first; ties on created_at broken by id so the order is stable. */
+export function listRoutesByVm(d: Database, vmId: string, owner?: string): Promise<RouteRow[]> {
+  return d.db
+    .select()
+    .from(routes)
+    .where(owner === undefined ? eq(routes.vmId, vmId) : and(eq(routes.vmId, vmId), eq(routes.owner, owner)))
+    .orderBy(desc(routes.createdAt), desc(routes.id));
+}
+
+export async function getRoute(d: Database, id: string): Promise<RouteRow | undefined> {
+  const [row] = await d.db.select().from(routes).where(eq(routes.id, id));
+  return row;
+}
+
+export async function getRouteBySubdomain(d: Database, subdomain: string): Promise<RouteRow | undefined> {
+  const [row] = await d.db.select().from(routes).where(eq(routes.subdomain, subdomain));
+  return row;
+}
+
+/** Every route, ordered by subdomain (the Traefik config and the VM directory read this). */
+export function listAllRoutes(d: Database): Promise<RouteRow[]> {
+  return d.db.select().from(routes).orderBy(routes.subdomain);
+}
+
+/** Deletes one route; returns it, or undefined when it did not exist (or belongs to another owner). */
+export async function deleteRoute(d: Database, id: string, owner?: string): Promise<RouteRow | undefined> {
+  const [row] = await d.db
+    .delete(routes)
+    .where(owner === undefined ? eq(routes.id, id) : and(eq(routes.id, id), eq(routes.owner, owner)))
+    .returning();
+  if (row) await announce(d, row.vmId);
+  return row;
+}
+
+/** Deletes every route of a VM (the VM is gone); returns how many were removed. */
+export async function deleteRoutesOfVm(d: Database, vmId: string): Promise<number> {
+  const rows = await d.db.delete(routes).where(eq(routes.vmId, vmId)).returning({ id: routes.id });
+  if (rows.length) await announce(d, vmId);
+  return rows.length;
+}
+
+async function announce(d: Database, vmId: string): Promise<void> {
+  // A lost notification only delays other replicas until their periodic resync; never fail the write.
+  await d.notify(ROUTES_CHANNEL, vmId).catch(() => {});
+}

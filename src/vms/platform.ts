@@ -1,0 +1,93 @@
+/** The VM platform as this project sees it: Hatch's VM API, or the built-in simulator. */
+
+export const VM_STATES = ["starting", "running", "stopping", "stopped", "snapshotted", "error"] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+/** Hatch's VM object (the fields this project reads; platforms may send more). */
+export interface Vm {
+  id: string;
+  state: VmState;
+  guest_ip: string;
+  image_id?: string;
+  vcpu_count?: number;
+  mem_mib?: number;
+  guest_mac?: string;
+  ssh_port?: number;
+  enable_network?: boolean;
+  created_at?: string;
+  updated_at?: string;
+  [extra: string]: unknown;
+}
+
+/** States from which a request may wake the VM (when the route has auto_wake). */
+export const SLEEPING_STATES: readonly VmState[] = ["snapshotted", "stopped"];
+
+export interface CallOptions {
+  /**
+   * The caller's own API key, forwarded so the platform scopes VMs to that user (per-user auth).
+   * Absent: the service key (HATCH_API_KEY) is used.
+   */
+  userKey?: string | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+export interface VmPlatform {
+  /** "hatch" (REST client) or "simulator". */
+  readonly kind: "hatch" | "simulator";
+  /** The VM, or undefined when the platform says definitely that it does not exist (404). */
+  get(id: string, opts?: CallOptions): Promise<Vm | undefined>;
+  /** Every VM visible to the service key. */
+  list(opts?: CallOptions): Promise<Vm[]>;
+  /**
+   * Brings a sleeping VM to `running`: restore for `snapshotted`, start for `stopped`.
+   * Resolves with the VM once the platform reports it running. Throws WakeError.
+   */
+  wake(id: string, opts?: CallOptions & { timeoutMs?: number }): Promise<Vm>;
+}
+
+/** The platform could not be asked (timeout, connection refused, 5xx): not an answer about the VM. */
+export class PlatformUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "PlatformUnavailableError";
+  }
+}
+
+/**
+ * A wake that did not happen. `reason`: `not_found` (VM gone), `conflict` (state does not allow it,
+ * e.g. "vm must be snapshotted to restore (current state: running)"), `unsupported` (the platform
+ * cannot start a stopped VM), `failed` (the platform tried and failed), `timeout`.
+ */
+export class WakeError extends Error {
+  constructor(
+    readonly reason: "not_found" | "conflict" | "unsupported" | "failed" | "timeout",
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "WakeError";
+  }
+}
+
+/** The cached view of VM states that the Traefik config and the sidecar read. */
+export interface VmDirectory {
+  /** Last known state of a VM (undefined: never seen, or gone). */
+  peek(id: string): Vm | undefined;
+  /** Every known VM. */
+  all(): ReadonlyMap<string, Vm>;
+  /** Asks the platform now and updates the cache (undefined: the VM is gone). */
+  refreshOne(id: string): Promise<Vm | undefined>;
+  /** Re-reads every VM from the platform. */
+  refreshAll(): Promise<void>;
+  /** Records a state this service caused (after a wake, etc.) without waiting for the next poll. */
+  record(vm: Vm): void;
+  /** Called after any change of any VM's state (or a VM appearing/disappearing). */
+  onChange(listener: () => void): () => void;
+  /** Monotonic counter bumped on every change (cheap cache key). */
+  readonly version: number;
+  /** True once one full refresh has succeeded. */
+  readonly ready: boolean;
+  /** Starts periodic polling. */
+  start(): void;
+  stop(): void;
+}

@@ -1,0 +1,73 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openDatabase } from "../src/db/client.ts";
+import { insertRoute, listRoutesByVm, SubdomainTakenError, deleteRoutesOfVm, getRouteBySubdomain } from "../src/db/routes.repo.ts";
+import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
+
+const row = (id: string, subdomain: string, vmId = "vm_1") => ({ id, vmId, subdomain, targetPort: 8080 });
+
+describe.each(await dbKinds())("database on %s", (kind) => {
+  let t: TestDb;
+  beforeAll(async () => {
+    t = await freshDb(kind);
+  });
+  afterAll(() => t.drop());
+
+  it("rejects a second route with the same subdomain through the UNIQUE index", async () => {
+    await insertRoute(t.database, row("rt_a1", "dup"));
+    await expect(insertRoute(t.database, row("rt_a2", "dup"))).rejects.toBeInstanceOf(SubdomainTakenError);
+    expect((await getRouteBySubdomain(t.database, "dup"))?.id).toBe("rt_a1");
+  });
+
+  it("refuses a target port outside 1-65535 by CHECK constraint", async () => {
+    await expect(insertRoute(t.database, { ...row("rt_p", "p"), targetPort: 70000 })).rejects.toThrow();
+    expect(await getRouteBySubdomain(t.database, "p")).toBeUndefined();
+  });
+
+  it("lists routes of a VM newest first and deletes them with the VM", async () => {
+    await insertRoute(t.database, row("rt_b1", "b1", "vm_b"));
+    await insertRoute(t.database, row("rt_b2", "b2", "vm_b"));
+    expect((await listRoutesByVm(t.database, "vm_b")).map((r) => r.id)).toEqual(["rt_b2", "rt_b1"]);
+    expect(await deleteRoutesOfVm(t.database, "vm_b")).toBe(2);
+    expect(await listRoutesByVm(t.database, "vm_b")).toEqual([]);
+  });
+
+  it("serialises work under one lock name", async () => {
+    const order: string[] = [];
+    const slow = t.database.withLock("k", 5000, async () => {
+      order.push("a-start");
+      await new Promise((r) => setTimeout(r, 100));
+      order.push("a-end");
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    const second = t.database.withLock("k", 5000, async () => order.push("b"));
+    await Promise.all([slow, second]);
+    expect(order).toEqual(["a-start", "a-end", "b"]);
+  });
+
+  it("delivers notifications to listeners", async () => {
+    const got: string[] = [];
+    const stop = await t.database.listen("hatch_test_chan", (p) => got.push(p));
+    await t.database.notify("hatch_test_chan", "hello");
+    await expect.poll(() => got).toEqual(["hello"]);
+    await stop();
+  });
+});
+
+describe("PGlite data directory", () => {
+  it("keeps routes across a reopen", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hatch-pglite-"));
+    try {
+      const first = await openDatabase({ dataDir: dir });
+      await insertRoute(first, row("rt_keep", "keep"));
+      await first.close();
+      const second = await openDatabase({ dataDir: dir });
+      expect((await getRouteBySubdomain(second, "keep"))?.id).toBe("rt_keep");
+      await second.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
