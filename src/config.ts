@@ -124,6 +124,7 @@ export const ENV_VARS = {
   HATCH_TRAEFIK_ENTRYPOINTS: { default: "web", schema: entryPoints, doc: "Entry points the generated routers attach to." },
   HATCH_TRAEFIK_CERT_RESOLVER: { default: undefined, schema: nonEmpty, doc: "When set, routers get TLS with this cert resolver and a wildcard domain for the base domain." },
   HATCH_TRAEFIK_TOKEN: { default: undefined, schema: nonEmpty, doc: "Bearer token required on /traefik/config. Unset: only loopback clients may read it." },
+  HATCH_ROUTE_API_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the route API (the `api.<base>` router and the HTTP provider endpoint). Default: derived from HATCH_HTTP_ADDR." },
   HATCH_WAKE_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the wake sidecar. Default: derived from HATCH_WAKE_ADDR." },
   HATCH_WAKE_SECRET: { default: undefined, schema: nonEmpty, doc: "Shared secret Traefik adds (X-Hatch-Wake-Secret) and the sidecar requires." },
   HATCH_WAKE_MAX_BODY: { default: "10MiB", schema: bytes, doc: "Largest request body held while a VM wakes (larger → 413)." },
@@ -156,6 +157,7 @@ export interface Config {
   traefikEntryPoints: string[];
   traefikCertResolver: string | undefined;
   traefikToken: string | undefined;
+  routeApiUrl: string;
   wakeUrl: string;
   wakeSecret: string | undefined;
   wakeMaxBody: number;
@@ -190,8 +192,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (problems.length) throw new ConfigError(problems);
   const get = <K extends keyof Vars>(k: K) => out[k] as Parsed<K>;
   const wakeAddr = get("HATCH_WAKE_ADDR") as ListenAddr;
+  const httpAddr = get("HATCH_HTTP_ADDR") as ListenAddr;
   return {
-    httpAddr: get("HATCH_HTTP_ADDR") as ListenAddr,
+    httpAddr,
     proxyAddr: get("HATCH_PROXY_ADDR") as ListenAddr,
     wakeAddr,
     baseDomain: get("HATCH_PROXY_BASE_DOMAIN") as string,
@@ -210,6 +213,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     traefikEntryPoints: get("HATCH_TRAEFIK_ENTRYPOINTS") as string[],
     traefikCertResolver: out.HATCH_TRAEFIK_CERT_RESOLVER as string | undefined,
     traefikToken: out.HATCH_TRAEFIK_TOKEN as string | undefined,
+    routeApiUrl: (out.HATCH_ROUTE_API_URL as string | undefined) ?? addrToUrl(httpAddr),
     wakeUrl: (out.HATCH_WAKE_URL as string | undefined) ?? addrToUrl(wakeAddr),
     wakeSecret: out.HATCH_WAKE_SECRET as string | undefined,
     wakeMaxBody: get("HATCH_WAKE_MAX_BODY") as number,
