@@ -1,0 +1,215 @@
+import { existsSync, readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { Ajv } from "ajv";
+import { parse as parseYaml } from "yaml";
+import {
+  buildDynamicConfig,
+  catchAllRule,
+  routeObjectName,
+  stableStringify,
+  type RouteLike,
+  type TraefikSettings,
+} from "../src/traefik/config-builder.ts";
+import { makeSnapshot } from "../src/traefik/config-service.ts";
+import type { Vm, VmState } from "../src/vms/platform.ts";
+
+const SCHEMA_PATH = "/work/shared/schemas/traefik-v3-file-provider.json";
+// The SchemaStore schema is a lint, used only where it exists; the real-Traefik suite is the authority.
+const validate = existsSync(SCHEMA_PATH)
+  ? new Ajv({ strict: false, allErrors: true }).compile(JSON.parse(readFileSync(SCHEMA_PATH, "utf8")))
+  : undefined;
+
+/** Lints a produced document against the SchemaStore schema (no-op when the schema is absent). */
+function lint(doc: unknown) {
+  if (!validate) return;
+  const ok = validate(JSON.parse(stableStringify(doc)));
+  expect(validate.errors ?? [], "schema lint").toEqual([]);
+  expect(ok).toBe(true);
+}
+
+const base: TraefikSettings = { baseDomain: "hatch.local", entryPoints: ["web"], wakeUrl: "http://127.0.0.1:9091" };
+const vm = (id: string, state: VmState, guest_ip = "172.16.0.10"): Vm => ({ id, state, guest_ip });
+const vmsOf = (...list: Vm[]) => new Map(list.map((v) => [v.id, v]));
+const route = (id: string, vmId: string, subdomain: string, targetPort = 8080): RouteLike => ({ id, vmId, subdomain, targetPort });
+
+describe("buildDynamicConfig", () => {
+  it("gives running routes a router and service, and sends everything else to the catch-all", () => {
+    const routes = [
+      route("rt_run", "vm_a", "app"),
+      route("rt_run2", "vm_a", "app-admin", 3000),
+      route("rt_snap", "vm_b", "sleepy"),
+      route("rt_stop", "vm_c", "stopped"),
+      route("rt_start", "vm_d", "booting"),
+      route("rt_unknown", "vm_gone", "ghost"),
+    ];
+    const vms = vmsOf(vm("vm_a", "running"), vm("vm_b", "snapshotted"), vm("vm_c", "stopped"), vm("vm_d", "starting"));
+    const doc = buildDynamicConfig(routes, vms, base);
+    expect(doc).toEqual({
+      http: {
+        routers: {
+          rt_run: { rule: "Host(`app.hatch.local`)", service: "rt_run", entryPoints: ["web"] },
+          rt_run2: { rule: "Host(`app-admin.hatch.local`)", service: "rt_run2", entryPoints: ["web"] },
+          "hatch-wake": {
+            rule: "HostRegexp(`^[a-z0-9-]+\\.hatch\\.local$`)",
+            service: "hatch-wake",
+            entryPoints: ["web"],
+            priority: 1,
+          },
+        },
+        services: {
+          rt_run: { loadBalancer: { servers: [{ url: "http://172.16.0.10:8080" }], passHostHeader: true } },
+          rt_run2: { loadBalancer: { servers: [{ url: "http://172.16.0.10:3000" }], passHostHeader: true } },
+          "hatch-wake": { loadBalancer: { servers: [{ url: "http://127.0.0.1:9091" }], passHostHeader: true } },
+        },
+      },
+    });
+    lint(doc);
+  });
+
+  it("has only the catch-all when no VM runs (a new route works at once through the sidecar)", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "snapshotted")), base);
+    expect(Object.keys(doc.http.routers)).toEqual(["hatch-wake"]);
+    expect(Object.keys(doc.http.services)).toEqual(["hatch-wake"]);
+    expect(doc.http.middlewares).toBeUndefined();
+    lint(doc);
+  });
+
+  it.each([
+    ["hatch.local", "a.hatch.local"],
+    ["my-base.example", "a.my-base.example"],
+    ["x-1.y-2.z", "app-9.x-1.y-2.z"],
+  ])("escapes base domain %s in the catch-all regexp", (domain, host) => {
+    const rule = buildDynamicConfig([], new Map(), { ...base, baseDomain: domain }).http.routers["hatch-wake"]!.rule;
+    expect(rule).toBe(catchAllRule(domain));
+    const m = /^HostRegexp\(`(.*)`\)$/.exec(rule);
+    expect(m).not.toBeNull();
+    const re = new RegExp(m![1]!);
+    expect(re.test(host)).toBe(true);
+    // A dot must not match any character, and only one label may precede the base domain.
+    expect(re.test(host.replace(/\.(?=[^.]*$)/, "X"))).toBe(false);
+    expect(re.test(`b.${host}`)).toBe(false);
+    expect(re.test(domain)).toBe(false);
+    expect(re.test(`${host}.evil`)).toBe(false);
+    expect(re.test(`UPPER.${domain}`)).toBe(false);
+  });
+
+  it("matches a.my-base.example and neither a.my-baseXexample nor a.b.my-base.example", () => {
+    const rule = catchAllRule("my-base.example");
+    expect(rule).toBe("HostRegexp(`^[a-z0-9-]+\\.my-base\\.example$`)");
+    const re = new RegExp(/`(.*)`/.exec(rule)![1]!);
+    expect(re.test("a.my-base.example")).toBe(true);
+    expect(re.test("a.my-baseXexample")).toBe(false);
+    expect(re.test("a.b.my-base.example")).toBe(false);
+  });
+
+  it("produces the same bytes for shuffled input", () => {
+    const routes: RouteLike[] = [];
+    const vms: Vm[] = [];
+    for (let i = 0; i < 300; i++) {
+      vms.push(vm(`vm_${i}`, i % 3 === 0 ? "running" : "snapshotted", `10.0.${i >> 8}.${i & 255}`));
+      routes.push(route(`rt_${i.toString(36)}`, `vm_${i}`, `s${i}`, 1000 + i));
+    }
+    const first = stableStringify(buildDynamicConfig(routes, vmsOf(...vms), base));
+    let seed = 42;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let round = 0; round < 5; round++) {
+      const r2 = [...routes].sort(() => rnd() - 0.5);
+      const v2 = [...vms].sort(() => rnd() - 0.5);
+      expect(stableStringify(buildDynamicConfig(r2, vmsOf(...v2), base))).toBe(first);
+    }
+    expect(Object.keys(JSON.parse(first).http.routers)).toHaveLength(101);
+    expect(makeSnapshot(first, 0, 1).etag).toBe(makeSnapshot(first, 0, 2).etag);
+  });
+
+  it("attaches routers to every configured entry point", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), {
+      ...base,
+      entryPoints: ["web", "websecure"],
+      apiUrl: "http://127.0.0.1:8080",
+    });
+    for (const name of ["rt_a", "hatch-wake", "hatch-api"]) expect(doc.http.routers[name]!.entryPoints).toEqual(["web", "websecure"]);
+    lint(doc);
+  });
+
+  it("adds TLS with the cert resolver and a wildcard domain to every router", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), {
+      ...base,
+      entryPoints: ["websecure"],
+      certResolver: "le",
+      apiUrl: "http://127.0.0.1:8080",
+    });
+    const tls = { certResolver: "le", domains: [{ main: "hatch.local", sans: ["*.hatch.local"] }] };
+    expect(doc.http.routers.rt_a).toEqual({ rule: "Host(`a.hatch.local`)", service: "rt_a", entryPoints: ["websecure"], tls });
+    expect(doc.http.routers["hatch-wake"]!.tls).toEqual(tls);
+    expect(doc.http.routers["hatch-api"]!.tls).toEqual(tls);
+    lint(doc);
+  });
+
+  it("has no TLS section without a cert resolver", () => {
+    const json = stableStringify(buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), base));
+    expect(json).not.toContain("tls");
+  });
+
+  it("adds the wake secret middleware to the catch-all only when a secret is set", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), { ...base, wakeSecret: "s3cret" });
+    expect(doc.http.middlewares).toEqual({
+      "hatch-wake-auth": { headers: { customRequestHeaders: { "X-Hatch-Wake-Secret": "s3cret" } } },
+    });
+    expect(doc.http.routers["hatch-wake"]!.middlewares).toEqual(["hatch-wake-auth"]);
+    // Direct routes go to the VM, never through the sidecar's secret.
+    expect(doc.http.routers.rt_a!.middlewares).toBeUndefined();
+    lint(doc);
+  });
+
+  it("publishes the route API on api.<base> with priority 100, out of reach of any route", () => {
+    const doc = buildDynamicConfig(
+      [route("rt_api", "vm_a", "api"), route("rt_b", "vm_a", "b")],
+      vmsOf(vm("vm_a", "running")),
+      { ...base, apiUrl: "http://10.1.2.3:8080" },
+    );
+    expect(doc.http.routers["hatch-api"]).toEqual({
+      rule: "Host(`api.hatch.local`) && !PathPrefix(`/traefik`)",
+      service: "hatch-api",
+      entryPoints: ["web"],
+      priority: 100,
+    });
+    expect(doc.http.services["hatch-api"]).toEqual({ loadBalancer: { servers: [{ url: "http://10.1.2.3:8080" }], passHostHeader: true } });
+    // A route named `api` (impossible through the API) gets no router to compete with it.
+    expect(doc.http.routers.rt_api).toBeUndefined();
+    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-wake", "rt_b"]);
+    lint(doc);
+  });
+
+  it("names objects after the route id, hashing ids Traefik could misread", () => {
+    expect(routeObjectName("rt_abc123")).toBe("rt_abc123");
+    expect(routeObjectName("rt-abc")).toBe("rt-abc");
+    for (const id of ["rt@http", "rt.a", "hatch-wake", "hatch-api", "a b"]) {
+      const name = routeObjectName(id);
+      expect(name).toMatch(/^rt-x[0-9a-f]{24}$/);
+      expect(routeObjectName(id)).toBe(name);
+    }
+    const doc = buildDynamicConfig([route("x@file", "vm_a", "a")], vmsOf(vm("vm_a", "running")), base);
+    expect(stableStringify(doc)).not.toContain("@");
+  });
+
+  it("brackets IPv6 guest addresses", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a", 80)], vmsOf(vm("vm_a", "running", "fd00::5")), base);
+    expect(doc.http.services.rt_a!.loadBalancer.servers).toEqual([{ url: "http://[fd00::5]:80" }]);
+  });
+});
+
+describe("stableStringify", () => {
+  it("sorts keys at every depth and keeps array order", () => {
+    expect(stableStringify({ b: 1, a: { d: [3, { z: 1, y: 2 }], c: "x" }, u: undefined })).toBe(
+      '{"a":{"c":"x","d":[3,{"y":2,"z":1}]},"b":1}',
+    );
+    expect(stableStringify({ x: 'q"\\\n' })).toBe(JSON.stringify({ x: 'q"\\\n' }));
+  });
+
+  it("gives the YAML twin the same document", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), { ...base, wakeSecret: "s" });
+    const snap = makeSnapshot(stableStringify(doc), 2, 0);
+    expect(parseYaml(snap.yaml)).toEqual(JSON.parse(snap.json));
+    expect(snap.yamlEtag).not.toBe(snap.etag);
+  });
+});
