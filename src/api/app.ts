@@ -1,0 +1,131 @@
+import { Hono, type Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { Counter, Histogram, Registry } from "prom-client";
+import type { Config } from "../config.ts";
+import type { Database } from "../db/client.ts";
+import { AppError } from "../errors.ts";
+import { randomAlnum } from "../ids.ts";
+import type { Logger } from "../log.ts";
+import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
+import type { Authenticator, Principal } from "./auth.ts";
+import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
+import { buildOpenApiDocument } from "./openapi.ts";
+import { registerRouteEndpoints } from "./routes.ts";
+
+export interface ApiDeps {
+  config: Config;
+  database: Database;
+  platform: VmPlatform;
+  directory: VmDirectory;
+  auth: Authenticator;
+  log: Logger;
+  /** Sub-apps mounted beside the route API (e.g. "/traefik" → the config endpoint). */
+  mounts?: Record<string, Hono<any>>;
+  /** Extra metric registries merged into /metrics (e.g. the embedded wake sidecar's). */
+  registries?: Registry[];
+  /** Extra readiness checks for /readyz (e.g. "traefik config built"). */
+  readiness?: ReadinessCheck[];
+}
+
+export type ApiEnv = { Variables: { principal: Principal; log: Logger; requestId: string } };
+
+/** Every path the API serves and its methods: unknown methods on these paths get 405 with Allow. */
+const ALLOWED: [RegExp, string[]][] = [
+  [/^\/vms\/[^/]+\/routes\/?$/, ["GET", "POST"]],
+  [/^\/routes\/[^/]+\/?$/, ["GET", "DELETE"]],
+  [/^\/(healthz|readyz|metrics|openapi\.json)$/, ["GET"]],
+  [/^\/traefik\/config(\.yaml)?$/, ["GET"]],
+];
+
+/** Builds the route API from its dependencies (no globals: tests build it with their own). */
+export function createApp(deps: ApiDeps): Hono<ApiEnv> {
+  const app = new Hono<ApiEnv>();
+  const registry = new Registry();
+  const requests = new Counter({
+    name: "hatch_api_requests_total",
+    help: "Route API requests by route and status code",
+    labelNames: ["method", "route", "code"],
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: "hatch_api_request_duration_seconds",
+    help: "Route API request duration",
+    labelNames: ["method", "route"],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+
+  app.use(async (c, next) => {
+    const start = performance.now();
+    const given = c.req.header("x-request-id");
+    const requestId = given && /^[A-Za-z0-9._-]{1,128}$/.test(given) ? given : randomAlnum(16);
+    const log = deps.log.child({ request_id: requestId });
+    c.set("requestId", requestId);
+    c.set("log", log);
+    await next();
+    c.header("X-Request-Id", requestId);
+    const ms = performance.now() - start;
+    const route = c.req.routePath && c.req.routePath !== "/*" ? c.req.routePath : "unmatched";
+    requests.inc({ method: c.req.method, route, code: String(c.res.status) });
+    duration.observe({ method: c.req.method, route }, ms / 1000);
+    // The path only: query strings may carry tokens.
+    log.info("request", { method: c.req.method, path: c.req.path, status: c.res.status, duration_ms: Math.round(ms * 100) / 100 });
+  });
+
+  app.onError((err, c) => errorResponse(err, c));
+  app.notFound((c) => {
+    const allow = ALLOWED.find(([re]) => re.test(c.req.path))?.[1];
+    if (allow && !allow.includes(c.req.method) && !(c.req.method === "HEAD" && allow.includes("GET"))) {
+      return c.json({ error: "method not allowed", request_id: c.get("requestId") }, 405, { Allow: allow.join(", ") });
+    }
+    return c.json({ error: "not found", request_id: c.get("requestId") }, 404);
+  });
+
+  // Auth only on the methods each path serves, so a wrong method is a 405, not a 401.
+  const requireAuth = async (c: Context<ApiEnv>, next: () => Promise<void>) => {
+    c.set(
+      "principal",
+      await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") }),
+    );
+    await next();
+  };
+  app.on(["GET", "POST"], "/vms/:vm_id/routes", requireAuth);
+  app.on(["GET", "DELETE"], "/routes/:route_id", requireAuth);
+
+  registerRouteEndpoints(app, deps);
+  registerHealthEndpoints(app, deps, [registry, ...(deps.registries ?? [])]);
+  const openapi = buildOpenApiDocument(deps.config);
+  app.get("/openapi.json", (c) => c.json(openapi));
+  for (const [prefix, sub] of Object.entries(deps.mounts ?? {})) app.route(prefix, sub);
+  return app;
+}
+
+/** Postgres/driver errors that mean "the database is unreachable", not "this request is wrong". */
+function isDatabaseUnavailable(err: unknown): boolean {
+  for (let e: any = err; e; e = e.cause) {
+    if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED", "CONNECT_TIMEOUT", "57P01", "57P03", "53300"].includes(e.code)) return true;
+    if (typeof e.message === "string" && /PGlite is closed/i.test(e.message)) return true;
+  }
+  return false;
+}
+
+/** The one JSON error shape. Internal details go to the log only. */
+export function errorResponse(err: unknown, c: Context<ApiEnv>) {
+  const requestId = c.get("requestId");
+  const log = c.get("log");
+  if (err instanceof AppError) {
+    if (err.status >= 500) log?.warn("request failed", { status: err.status, error: err.message, cause: err.extra.cause });
+    const body: Record<string, unknown> = { error: err.message, request_id: requestId };
+    if (err.extra.code) body.code = err.extra.code;
+    return c.json(body, err.status as 400, err.extra.headers);
+  }
+  if (err instanceof HTTPException) {
+    return c.json({ error: err.message || "bad request", request_id: requestId }, err.status);
+  }
+  if (isDatabaseUnavailable(err)) {
+    log?.error("database unavailable", { error: err });
+    return c.json({ error: "database unavailable: try again shortly", code: "database_unavailable", request_id: requestId }, 503, { "Retry-After": "1" });
+  }
+  log?.error("unhandled error", { error: err, stack: (err as Error)?.stack });
+  return c.json({ error: "internal error", request_id: requestId }, 500);
+}

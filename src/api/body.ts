@@ -1,0 +1,43 @@
+import type { Context } from "hono";
+import { AppError } from "../errors.ts";
+
+/** Largest route API request body. */
+export const MAX_API_BODY = 64 * 1024;
+
+/**
+ * Reads a JSON request body. No Content-Type, or the form type `curl -d` sends, is read as JSON (that
+ * is what Hatch's clients send); any other non-JSON type is a 415. Bodies over `limit` are a 413, read
+ * no further than the limit.
+ */
+export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<unknown> {
+  const type = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type && type !== "application/json" && !type.endsWith("+json") && type !== "application/x-www-form-urlencoded") {
+    throw new AppError(415, `unsupported content type "${type}": send application/json`);
+  }
+  const declared = Number(c.req.header("content-length") ?? NaN);
+  if (declared > limit) throw tooLarge(limit);
+  const stream = c.req.raw.body;
+  if (!stream) throw new AppError(400, "request body is empty: send a JSON object");
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = stream.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge(limit);
+    }
+    chunks.push(value);
+  }
+  const text = Buffer.concat(chunks).toString("utf8");
+  if (!text.trim()) throw new AppError(400, "request body is empty: send a JSON object");
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new AppError(400, `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+const tooLarge = (limit: number) => new AppError(413, `request body too large (limit ${limit / 1024} KiB)`);

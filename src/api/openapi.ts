@@ -1,0 +1,99 @@
+import { toJsonSchema } from "@valibot/to-json-schema";
+import type { GenericSchema } from "valibot";
+import type { Config } from "../config.ts";
+import { CreateRouteBody, DeletedSchema, ErrorSchema, RESERVED_SUBDOMAINS, RouteSchema, TEXT } from "./routes.schemas.ts";
+
+const schema = (s: GenericSchema) => {
+  const { $schema: _drop, ...rest } = toJsonSchema(s, { errorMode: "ignore" }) as Record<string, unknown>;
+  return rest;
+};
+
+const err = (description: string, example: string) => ({
+  description,
+  content: { "application/json": { schema: { $ref: "#/components/schemas/Error" }, example: { error: example } } },
+});
+const unauthorized = err("Missing or invalid API key (`missing api key`, `invalid authorization header`, `invalid api key`).", "invalid api key");
+const notFound = err("Unknown VM or route (or another user's).", "not found");
+const unavailable = err("The VM platform or the database is unreachable; retry.", "VM platform unavailable: try again shortly");
+const vmIdParam = { name: "vm_id", in: "path", required: true, schema: { type: "string" }, description: "The VM id (opaque, as the VM platform gives it)." };
+const routeIdParam = { name: "route_id", in: "path", required: true, schema: { type: "string" }, description: "The route id (rt_…)." };
+const routeJson = (description: string, s: unknown) => ({ description, content: { "application/json": { schema: s } } });
+
+/** The OpenAPI 3.1 document, generated from the same valibot schemas the handlers validate with. */
+export function buildOpenApiDocument(config: Config) {
+  return {
+    openapi: "3.1.0",
+    info: {
+      title: "hatch-proxy route API",
+      version: "0.1.0",
+      description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps.`,
+    },
+    security: [{ bearer: [] }, { apiKey: [] }],
+    components: {
+      securitySchemes: {
+        bearer: { type: "http", scheme: "bearer" },
+        apiKey: { type: "apiKey", in: "header", name: "X-API-Key" },
+      },
+      schemas: {
+        Route: schema(RouteSchema),
+        CreateRoute: schema(CreateRouteBody),
+        Error: schema(ErrorSchema),
+        Deleted: schema(DeletedSchema),
+      },
+    },
+    paths: {
+      "/vms/{vm_id}/routes": {
+        post: {
+          summary: "Create a route",
+          description: `Reserved subdomains: ${[...RESERVED_SUBDOMAINS].join(", ")}. Bodies up to 64 KiB; no Content-Type is read as JSON.`,
+          parameters: [vmIdParam],
+          requestBody: { required: true, content: { "application/json": { schema: { $ref: "#/components/schemas/CreateRoute" } } } },
+          responses: {
+            "201": routeJson("The new route.", { $ref: "#/components/schemas/Route" }),
+            "400": err("Invalid body: not JSON, not an object, unknown field, wrong type, port out of range, bad or reserved subdomain.", TEXT.port),
+            "401": unauthorized,
+            "404": notFound,
+            "409": err("The subdomain is taken.", TEXT.taken("myapp")),
+            "413": err("Body over 64 KiB.", "request body too large (limit 64 KiB)"),
+            "415": err("Content-Type other than JSON.", 'unsupported content type "text/plain": send application/json'),
+            "503": unavailable,
+          },
+        },
+        get: {
+          summary: "List a VM's routes, newest first",
+          parameters: [vmIdParam],
+          responses: {
+            "200": routeJson("The VM's routes (`[]` when none).", { type: "array", items: { $ref: "#/components/schemas/Route" } }),
+            "401": unauthorized,
+            "404": notFound,
+            "503": unavailable,
+          },
+        },
+      },
+      "/routes/{route_id}": {
+        get: {
+          summary: "Get a route",
+          parameters: [routeIdParam],
+          responses: { "200": routeJson("The route.", { $ref: "#/components/schemas/Route" }), "401": unauthorized, "404": notFound },
+        },
+        delete: {
+          summary: "Delete a route",
+          parameters: [routeIdParam],
+          responses: { "200": routeJson("Deleted.", { $ref: "#/components/schemas/Deleted" }), "401": unauthorized, "404": notFound },
+        },
+      },
+      "/traefik/config": {
+        get: {
+          summary: "Traefik dynamic configuration (HTTP provider)",
+          description: "Byte-stable JSON; ETag and If-None-Match. Bearer HATCH_TRAEFIK_TOKEN when set, else loopback clients only.",
+          security: [{ bearer: [] }],
+          responses: { "200": { description: "The dynamic configuration." }, "304": { description: "Unchanged." }, "401": unauthorized, "403": err("Not a loopback client and no token configured.", "forbidden"), "503": err("Not built yet.", "traefik config not built yet") },
+        },
+      },
+      "/traefik/config.yaml": { get: { summary: "The same configuration as YAML", security: [{ bearer: [] }], responses: { "200": { description: "YAML." } } } },
+      "/healthz": { get: { summary: "Process is up", security: [], responses: { "200": { description: '{"status":"ok"}' } } } },
+      "/readyz": { get: { summary: "Database, migrations and VM platform reachable", security: [], responses: { "200": { description: "Ready." }, "503": err("A check failed.", "not ready: database") } } },
+      "/metrics": { get: { summary: "Prometheus metrics", security: [], responses: { "200": { description: "Text exposition format." } } } },
+    },
+  };
+}

@@ -1,0 +1,88 @@
+import type { Hono } from "hono";
+import { AppError, notFound } from "../errors.ts";
+import { deleteRoute, getRoute, insertRoute, listRoutesByVm, SubdomainTakenError } from "../db/routes.repo.ts";
+import { newRouteId, randomAlnum } from "../ids.ts";
+import { PlatformUnavailableError, type Vm } from "../vms/platform.ts";
+import { readJsonBody } from "./body.ts";
+import { checkCreateRoute, RESERVED_SUBDOMAINS, TEXT, toRouteJson } from "./routes.schemas.ts";
+import type { ApiEnv, ApiDeps } from "./app.ts";
+
+/** VM and route ids are opaque, but anything outside this shape cannot exist: 404 without asking. */
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+
+/** Registers Hatch's Routes API: create, list per VM, get and delete one. */
+export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {
+  const { database, platform, directory } = deps;
+
+  /** The VM as the caller may see it, or 404; a platform outage is a 503, never a 500. */
+  async function vmForCaller(vmId: string, key: string | undefined): Promise<Vm> {
+    if (!ID_RE.test(vmId)) throw notFound();
+    let vm: Vm | undefined;
+    try {
+      vm = await platform.get(vmId, { userKey: key });
+    } catch (err) {
+      if (err instanceof PlatformUnavailableError) {
+        throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", cause: err });
+      }
+      throw err;
+    }
+    if (!vm) throw notFound();
+    return vm;
+  }
+
+  app.post("/vms/:vm_id/routes", async (c) => {
+    const principal = c.get("principal");
+    const input = checkCreateRoute(await readJsonBody(c));
+    if (!input.ok) throw new AppError(400, input.error);
+    const vmId = c.req.param("vm_id");
+    const vm = await vmForCaller(vmId, principal.scoped ? principal.key : undefined);
+    directory.record(vm);
+    const { target_port, auto_wake } = input.value;
+    // A generated subdomain is never reserved and is retried when the UNIQUE index says it is taken.
+    const attempts = input.value.subdomain ? 1 : 5;
+    for (let i = 0; ; i++) {
+      let subdomain = input.value.subdomain;
+      while (!subdomain || RESERVED_SUBDOMAINS.has(subdomain)) subdomain = randomAlnum(12);
+      try {
+        const row = await insertRoute(database, {
+          id: newRouteId(),
+          vmId,
+          subdomain,
+          targetPort: target_port,
+          autoWake: auto_wake,
+          owner: principal.userId,
+        });
+        c.get("log").info("route created", { route_id: row.id, vm_id: vmId, subdomain });
+        return c.json(toRouteJson(row), 201);
+      } catch (err) {
+        if (!(err instanceof SubdomainTakenError)) throw err;
+        if (i + 1 >= attempts) throw new AppError(409, TEXT.taken(subdomain));
+      }
+    }
+  });
+
+  app.get("/vms/:vm_id/routes", async (c) => {
+    const principal = c.get("principal");
+    const vmId = c.req.param("vm_id");
+    await vmForCaller(vmId, principal.scoped ? principal.key : undefined);
+    const rows = await listRoutesByVm(database, vmId, principal.scoped ? principal.userId : undefined);
+    return c.json(rows.map(toRouteJson));
+  });
+
+  app.get("/routes/:route_id", async (c) => {
+    const principal = c.get("principal");
+    const id = c.req.param("route_id");
+    const row = ID_RE.test(id) ? await getRoute(database, id) : undefined;
+    if (!row || (principal.scoped && row.owner !== principal.userId)) throw notFound();
+    return c.json(toRouteJson(row));
+  });
+
+  app.delete("/routes/:route_id", async (c) => {
+    const principal = c.get("principal");
+    const id = c.req.param("route_id");
+    const row = ID_RE.test(id) ? await deleteRoute(database, id, principal.scoped ? principal.userId : undefined) : undefined;
+    if (!row) throw notFound();
+    c.get("log").info("route deleted", { route_id: row.id, vm_id: row.vmId, subdomain: row.subdomain });
+    return c.json({ status: "deleted" as const });
+  });
+}
