@@ -1,0 +1,260 @@
+/**
+ * The cache around the pure builder: the body is rebuilt when routes or VM states change, never
+ * per poll, and a failed read never replaces the last good body (Traefik drops every router it
+ * does not see, so a 200 with a partial config would take all sites down).
+ */
+import { createHash } from "node:crypto";
+import { stringify as toYaml } from "yaml";
+import type { Config } from "../config.ts";
+import type { Database } from "../db/client.ts";
+import { ROUTES_CHANNEL } from "../db/client.ts";
+import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
+import type { Logger } from "../log.ts";
+import type { VmDirectory } from "../vms/platform.ts";
+import { buildDynamicConfig, stableStringify, type RouteLike, type TraefikSettings } from "./config-builder.ts";
+
+/** One built configuration; the same routes and states always give the same `json` and `etag`. */
+export interface ConfigSnapshot {
+  json: string;
+  /** The same document as YAML (built on first use: most pollers never ask for it). */
+  readonly yaml: string;
+  /** Strong ETag (quoted) of `json`. */
+  etag: string;
+  /** Strong ETag (quoted) of `yaml`. */
+  readonly yamlEtag: string;
+  /** `json` as bytes, so serving a poll copies nothing. */
+  body: Uint8Array<ArrayBuffer>;
+  /** Epoch ms when these bytes were first built (not part of the body). */
+  builtAt: number;
+  routers: number;
+}
+
+export interface ConfigServiceHealth {
+  /** A config has been built at least once (the endpoint answers 200). */
+  ready: boolean;
+  /** Why the last attempt failed, in public words (no driver messages); undefined when it succeeded. */
+  lastError: string | undefined;
+  lastSuccessAt: number | undefined;
+}
+
+export interface ConfigService {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** The last good config, or undefined before the first successful build. */
+  current(): ConfigSnapshot | undefined;
+  /** Re-reads every route from the database and rebuilds; resolves when done (never rejects). */
+  refresh(): Promise<void>;
+  health(): ConfigServiceHealth;
+  /** Why there is no config yet (for the 503 body). */
+  notReadyReason(): string;
+}
+
+export interface ConfigServiceDeps {
+  database: Database;
+  directory: VmDirectory;
+  config: Config;
+  log: Logger;
+  /** Full re-read interval that heals lost notifications (default 5 s). */
+  resyncMs?: number;
+}
+
+/** The builder settings derived from the process configuration. */
+export function traefikSettings(config: Config): TraefikSettings {
+  return {
+    baseDomain: config.baseDomain,
+    entryPoints: config.traefikEntryPoints,
+    wakeUrl: config.wakeUrl,
+    wakeSecret: config.wakeSecret,
+    certResolver: config.traefikCertResolver,
+    apiUrl: config.routeApiUrl,
+  };
+}
+
+/** Strong ETag of a body: a quoted SHA-256 (base64url). */
+export function etagOf(text: string): string {
+  return `"${createHash("sha256").update(text).digest("base64url")}"`;
+}
+
+/** Wraps a built JSON document with its hash, bytes and a lazily built YAML twin. */
+export function makeSnapshot(json: string, routers: number, builtAt: number): ConfigSnapshot {
+  let yaml: string | undefined;
+  let yamlEtag: string | undefined;
+  return {
+    json,
+    etag: etagOf(json),
+    body: new TextEncoder().encode(json),
+    builtAt,
+    routers,
+    get yaml() {
+      yaml ??= toYaml(JSON.parse(json), { lineWidth: 0 });
+      return yaml;
+    },
+    get yamlEtag() {
+      yamlEtag ??= etagOf(this.yaml);
+      return yamlEtag;
+    },
+  };
+}
+
+function slim(r: RouteLike): RouteLike {
+  return { id: r.id, vmId: r.vmId, subdomain: r.subdomain, targetPort: r.targetPort };
+}
+
+/** Creates the cached config; call start() to load it and follow changes. */
+export function createConfigService(deps: ConfigServiceDeps): ConfigService {
+  const { database, directory, config } = deps;
+  const log = deps.log.child({ component: "traefik-config" });
+  const settings = traefikSettings(config);
+  const resyncMs = deps.resyncMs ?? 5000;
+
+  // Routes grouped by VM, so a notification (payload = VM id) re-reads only that VM's routes.
+  let byVm: Map<string, RouteLike[]> | undefined;
+  let snapshot: ConfigSnapshot | undefined;
+  let lastError: string | undefined;
+  let lastSuccessAt: number | undefined;
+  let reason = "starting";
+
+  let wantFull = false;
+  const wantVms = new Set<string>();
+  let wantBuild = false;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let unlisten: (() => Promise<void>) | undefined;
+  let unsubscribe: (() => void) | undefined;
+
+  function fail(publicReason: string, err: unknown) {
+    if (lastError !== publicReason) log.error("traefik config not refreshed; keeping the last good one", { reason: publicReason, err });
+    lastError = publicReason;
+    if (!snapshot) reason = publicReason;
+  }
+
+  async function loadAll(): Promise<boolean> {
+    try {
+      const rows = await listAllRoutes(database);
+      const next = new Map<string, RouteLike[]>();
+      for (const r of rows) {
+        const list = next.get(r.vmId);
+        if (list) list.push(slim(r));
+        else next.set(r.vmId, [slim(r)]);
+      }
+      byVm = next;
+      return true;
+    } catch (err) {
+      fail("database unavailable", err);
+      return false;
+    }
+  }
+
+  async function loadVm(vmId: string): Promise<boolean> {
+    try {
+      const rows = await listRoutesByVm(database, vmId);
+      if (rows.length) byVm!.set(vmId, rows.map(slim));
+      else byVm!.delete(vmId);
+      return true;
+    } catch (err) {
+      fail("database unavailable", err);
+      return false;
+    }
+  }
+
+  function build() {
+    if (!byVm) return;
+    if (!directory.ready) {
+      if (!snapshot) reason = "VM states not loaded yet";
+      return;
+    }
+    const routes: RouteLike[] = [];
+    for (const list of byVm.values()) for (const r of list) routes.push(r);
+    const doc = buildDynamicConfig(routes, directory.all(), settings);
+    const json = stableStringify(doc);
+    const now = Date.now();
+    if (!lastError) lastSuccessAt = now;
+    if (snapshot?.json === json) return;
+    const routers = Object.keys(doc.http.routers).length;
+    snapshot = makeSnapshot(json, routers, now);
+    log.debug("traefik config built", { routers, bytes: snapshot.body.length, etag: snapshot.etag });
+  }
+
+  async function drain(): Promise<void> {
+    while (!stopped && (wantFull || wantVms.size || wantBuild)) {
+      let readOk = true;
+      if (wantFull || !byVm) {
+        wantFull = false;
+        // Changes announced while the full read runs are re-read afterwards, so none is lost.
+        wantVms.clear();
+        readOk = await loadAll();
+      } else if (wantVms.size) {
+        const vms = [...wantVms];
+        wantVms.clear();
+        for (const id of vms) if (!(readOk = await loadVm(id))) break;
+      }
+      if (!readOk) {
+        // The change is unknown: the periodic resync re-reads everything. VM state changes still
+        // apply to the routes of the last good read below.
+        wantFull = true;
+        wantVms.clear();
+        if (!wantBuild) return;
+      } else lastError = undefined;
+      wantBuild = false;
+      build();
+      if (!readOk) return;
+    }
+  }
+
+  /** Runs the pending work; at most one drain runs at a time, later requests join the next round. */
+  function kick(): Promise<void> {
+    if (running) return running;
+    running = drain()
+      .catch((err) => fail("internal error", err))
+      .finally(() => {
+        running = undefined;
+        // Work queued during the last await of a finished drain.
+        if (!stopped && !wantFull && (wantVms.size || wantBuild)) void kick();
+      });
+    return running;
+  }
+
+  return {
+    async start() {
+      stopped = false;
+      unsubscribe = directory.onChange(() => {
+        wantBuild = true;
+        void kick();
+      });
+      try {
+        unlisten = await database.listen(ROUTES_CHANNEL, (payload) => {
+          // Payload = the VM whose routes changed; anything else means "re-read everything".
+          if (payload && payload !== "*") wantVms.add(payload);
+          else wantFull = true;
+          void kick();
+        });
+      } catch (err) {
+        log.warn("cannot LISTEN for route changes; relying on the periodic resync", { err });
+      }
+      wantFull = true;
+      await kick();
+      timer = setInterval(() => {
+        wantFull = true;
+        void kick();
+      }, resyncMs);
+      timer.unref();
+    },
+    async stop() {
+      stopped = true;
+      if (timer) clearInterval(timer);
+      unsubscribe?.();
+      await running?.catch(() => {});
+      await unlisten?.().catch(() => {});
+    },
+    current: () => snapshot,
+    async refresh() {
+      wantFull = true;
+      // A drain already in flight may have passed its full read; wait for it, then run ours.
+      await running;
+      await kick();
+    },
+    health: () => ({ ready: snapshot !== undefined, lastError, lastSuccessAt }),
+    notReadyReason: () => reason,
+  };
+}

@@ -1,0 +1,109 @@
+/**
+ * GET /config and /config.yaml: what Traefik's HTTP provider polls. The body carries the wake
+ * secret, so it is served only with the bearer token, or (no token configured) only to loopback
+ * clients that did not come through a proxy.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import { Hono, type Context } from "hono";
+import { getConnInfo } from "@hono/node-server/conninfo";
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+import type { ConfigService } from "./config-service.ts";
+
+export interface TraefikEndpointDeps {
+  config: Config;
+  log: Logger;
+  /**
+   * The peer address of the request's connection. Default: the Node socket's remote address, or
+   * undefined when there is no socket (in-process `app.request()`), which counts as NOT loopback:
+   * a missing address must never open the endpoint. Tests inject their own.
+   */
+  clientAddress?: (c: Context) => string | undefined;
+}
+
+/** The socket peer address from @hono/node-server, or undefined when the request has no socket. */
+export function socketAddress(c: Context): string | undefined {
+  try {
+    return getConnInfo(c).remote.address;
+  } catch {
+    return undefined;
+  }
+}
+
+/** True for 127.0.0.0/8, ::1 and IPv4-mapped loopback. */
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  const a = address.toLowerCase().replace(/^::ffff:/, "");
+  return a === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a);
+}
+
+// Any of these means the request was relayed (e.g. by Traefik itself on loopback): the socket peer
+// is then the proxy, not the client, so loopback proves nothing.
+const FORWARDING_HEADERS = ["forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host"];
+
+const digest = (s: string) => createHash("sha256").update(s).digest();
+
+/** A constant-time check of `Authorization: Bearer <token>`. */
+function bearerMatches(header: string | undefined, expected: Buffer): "missing" | "invalid" | "ok" {
+  if (!header) return "missing";
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  if (!m) return "invalid";
+  // Hashing first gives equal lengths, so timingSafeEqual never leaks the token length.
+  return timingSafeEqual(digest(m[1]!), expected) ? "ok" : "invalid";
+}
+
+function matchesIfNoneMatch(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  if (header.trim() === "*") return true;
+  // If-None-Match uses the weak comparison: W/"x" matches "x".
+  return header.split(",").some((t) => t.trim().replace(/^W\//, "") === etag);
+}
+
+/** The Hono sub-app the API mounts at `/traefik`. */
+export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDeps): Hono {
+  const { config } = deps;
+  const log = deps.log.child({ component: "traefik-endpoint" });
+  const clientAddress = deps.clientAddress ?? socketAddress;
+  const expected = config.traefikToken ? digest(config.traefikToken) : undefined;
+  const app = new Hono();
+
+  if (expected) log.info("traefik config endpoint requires a bearer token (HATCH_TRAEFIK_TOKEN)");
+  else log.info("HATCH_TRAEFIK_TOKEN is not set: the traefik config endpoint answers loopback clients only");
+
+  app.use("*", async (c, next) => {
+    if (expected) {
+      const result = bearerMatches(c.req.header("authorization"), expected);
+      if (result !== "ok") {
+        log.warn("traefik config request refused", { reason: `${result} token`, path: c.req.path });
+        c.header("WWW-Authenticate", 'Bearer realm="hatch-proxy traefik config"');
+        return c.json({ error: result === "missing" ? "missing bearer token" : "invalid bearer token" }, 401);
+      }
+      return next();
+    }
+    const address = clientAddress(c);
+    const relayed = FORWARDING_HEADERS.some((h) => c.req.header(h) !== undefined);
+    if (!isLoopback(address) || relayed) {
+      log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address, path: c.req.path });
+      return c.json({ error: "the traefik config is served to loopback clients only (set HATCH_TRAEFIK_TOKEN to allow others)" }, 403);
+    }
+    return next();
+  });
+
+  const serve = (format: "json" | "yaml") => (c: Context) => {
+    const snap = service.current();
+    if (!snap) {
+      c.header("Retry-After", "1");
+      c.header("Cache-Control", "no-store");
+      return c.json({ error: `traefik config not built yet: ${service.notReadyReason()}` }, 503);
+    }
+    const etag = format === "json" ? snap.etag : snap.yamlEtag;
+    const headers: Record<string, string> = { ETag: etag, "Cache-Control": "private, no-cache" };
+    if (matchesIfNoneMatch(c.req.header("if-none-match"), etag)) return c.body(null, 304, headers);
+    headers["Content-Type"] = format === "json" ? "application/json" : "application/yaml; charset=utf-8";
+    return c.body(format === "json" ? snap.body : snap.yaml, 200, headers);
+  };
+
+  app.get("/config", serve("json"));
+  app.get("/config.yaml", serve("yaml"));
+  return app;
+}
