@@ -1,0 +1,68 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { testConfig } from "../src/config.ts";
+import { insertRoute } from "../src/db/routes.repo.ts";
+import { printTraefikConfig } from "../src/traefik/print-config.ts";
+import { freshDb, type TestDb } from "./helpers/db.ts";
+
+describe("printTraefikConfig", () => {
+  let t: TestDb;
+  let server: Server;
+  let port: number;
+  let answer: { status: number; body: unknown };
+  let seenAuth: string | undefined;
+  beforeAll(async () => {
+    t = await freshDb("pglite");
+    await insertRoute(t.database, { id: "rt_print", vmId: "vm_p", subdomain: "printed", targetPort: 5000 });
+    await insertRoute(t.database, { id: "rt_sleep", vmId: "vm_s", subdomain: "asleep", targetPort: 5000 });
+    server = createServer((req, res) => {
+      seenAuth = req.headers.authorization;
+      res.writeHead(req.url === "/vms" ? answer.status : 404, { "content-type": "application/json" });
+      res.end(JSON.stringify(answer.body));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise((r) => server.close(r));
+    await t.drop();
+  });
+
+  const vms = [
+    { id: "vm_p", state: "running", guest_ip: "127.0.1.44" },
+    { id: "vm_s", state: "snapshotted", guest_ip: "127.0.1.45" },
+  ];
+
+  it("prints JSON from the database and a Hatch-compatible VM API", async () => {
+    answer = { status: 200, body: vms };
+    let out = "";
+    const config = testConfig({ hatchApiUrl: `http://127.0.0.1:${port}`, hatchApiKey: "k1" });
+    await printTraefikConfig(config, "json", { database: t.database, write: (s) => (out += s) });
+    expect(out.endsWith("}\n")).toBe(true);
+    const doc = JSON.parse(out);
+    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-wake", "rt_print"]);
+    expect(doc.http.services.rt_print.loadBalancer.servers).toEqual([{ url: "http://127.0.1.44:5000" }]);
+    expect(seenAuth).toBe("Bearer k1");
+  });
+
+  it("prints the same document as YAML with an injected platform", async () => {
+    let json = "";
+    let yaml = "";
+    const platform = { list: async () => vms as any };
+    await printTraefikConfig(testConfig(), "json", { database: t.database, platform, write: (s) => (json += s) });
+    await printTraefikConfig(testConfig(), "yaml", { database: t.database, platform, write: (s) => (yaml += s) });
+    expect(parse(yaml)).toEqual(JSON.parse(json));
+  });
+
+  it("prints nothing and rejects when the VM API fails", async () => {
+    answer = { status: 500, body: { error: "boom" } };
+    let out = "";
+    const config = testConfig({ hatchApiUrl: `http://127.0.0.1:${port}` });
+    await expect(printTraefikConfig(config, "json", { database: t.database, write: (s) => (out += s) })).rejects.toThrow(
+      `GET http://127.0.0.1:${port}/vms answered 500`,
+    );
+    expect(out).toBe("");
+  });
+});
