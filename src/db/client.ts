@@ -1,4 +1,5 @@
 import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { sql } from "drizzle-orm";
@@ -48,6 +49,11 @@ export interface OpenOptions {
   dataDir?: string | undefined;
   /** Connection pool size for Postgres. */
   max?: number;
+}
+
+/** The database a process is configured for: Postgres with DATABASE_URL, else PGlite in `<data dir>/pglite`. */
+export function openConfiguredDatabase(config: { databaseUrl: string | undefined; dataDir: string }): Promise<Database> {
+  return openDatabase(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: join(config.dataDir, "pglite") });
 }
 
 /** Opens the database and applies pending migrations. */

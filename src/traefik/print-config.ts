@@ -4,7 +4,7 @@
  * a partial file would make Traefik drop routes.
  */
 import { addrToUrl, type Config } from "../config.ts";
-import { openDatabase, type Database } from "../db/client.ts";
+import { openConfiguredDatabase, type Database } from "../db/client.ts";
 import { listAllRoutes } from "../db/routes.repo.ts";
 import type { Vm, VmPlatform } from "../vms/platform.ts";
 import { buildDynamicConfig, stableStringify } from "./config-builder.ts";
@@ -31,7 +31,7 @@ async function listVmsOverHttp(config: Config): Promise<Vm[]> {
 
 /** Prints the Traefik dynamic configuration (JSON or YAML) built from the current routes and VM states. */
 export async function printTraefikConfig(config: Config, format: "json" | "yaml", deps: PrintDeps = {}): Promise<void> {
-  const database = deps.database ?? (await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir }));
+  const database = deps.database ?? (await openConfiguredDatabase(config));
   try {
     const [routes, vms] = await Promise.all([
       listAllRoutes(database),
