@@ -1,0 +1,97 @@
+/** Buffers the body of a request that must wait for its VM, so it can be replayed once the VM is up. */
+import type { IncomingMessage } from "node:http";
+
+/** The body is larger than the cap: answer 413 before anything is lost. */
+export class BodyTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`request body exceeds the ${limit}-byte limit`);
+    this.name = "BodyTooLargeError";
+  }
+}
+
+/** The client went away before sending the whole body. */
+export class ClientGoneError extends Error {
+  constructor() {
+    super("client closed the connection");
+    this.name = "ClientGoneError";
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** The declared Content-Length, or undefined when absent or not a plain number. */
+export function declaredLength(req: IncomingMessage): number | undefined {
+  const raw = req.headers["content-length"];
+  if (raw === undefined || !/^\d+$/.test(raw)) return undefined;
+  return Number(raw);
+}
+
+/** True when the request carries no body at all (no Content-Length > 0 and not chunked). */
+export function hasNoBody(req: IncomingMessage): boolean {
+  return req.headers["transfer-encoding"] === undefined && !(declaredLength(req)! > 0);
+}
+
+/**
+ * Reads the whole request body into memory, counting as it goes (chunked bodies have no declared
+ * size), and rejects with BodyTooLargeError as soon as it passes `maxBytes`.
+ */
+export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+  if (req.readableEnded || hasNoBody(req)) return Promise.resolve(EMPTY);
+  const declared = declaredLength(req);
+  if (declared !== undefined && declared > maxBytes) return Promise.reject(new BodyTooLargeError(maxBytes));
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = () => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onGone);
+      req.off("aborted", onGone);
+      req.off("close", onClose);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        cleanup();
+        // Stop reading: the rest is discarded by the server once the 413 is sent.
+        req.pause();
+        chunks.length = 0;
+        reject(new BodyTooLargeError(maxBytes));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onGone = () => {
+      cleanup();
+      reject(new ClientGoneError());
+    };
+    const onClose = () => {
+      if (!req.readableEnded) onGone();
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onGone);
+    req.on("aborted", onGone);
+    req.on("close", onClose);
+  });
+}
+
+/** The 413 text, naming the limit in MiB/KiB when it is a round number. */
+export function bodyTooLargeMessage(limit: number): string {
+  return `request body exceeds ${formatBytes(limit)}, the most held while a VM wakes (HATCH_WAKE_MAX_BODY)`;
+}
+
+/** `10485760` → `10 MiB`, `65536` → `64 KiB`, else bytes. */
+export function formatBytes(n: number): string {
+  const units: [number, string][] = [
+    [1024 ** 3, "GiB"],
+    [1024 ** 2, "MiB"],
+    [1024, "KiB"],
+  ];
+  for (const [size, unit] of units) if (n >= size && n % size === 0) return `${n / size} ${unit}`;
+  return `${n} bytes`;
+}
