@@ -1,0 +1,85 @@
+/** The simulator's Hatch-compatible REST API (plus a test hook to inject restore failures). */
+import { Hono, type Context } from "hono";
+import { ownerOfKey, SimulatorError, randomId, type CreateVmInput, type SimulatorCore } from "./core.ts";
+
+const CREATE_FIELDS = new Set(["guest_ports", "restore_ms"]);
+
+/** Builds the Hono app; every answer is JSON, errors as `{"error": "..."}`. */
+export function createSimulatorApi(core: SimulatorCore): Hono {
+  const app = new Hono();
+  const allowed = new Map<string, string[]>();
+  const route = (method: "GET" | "POST" | "DELETE", path: string, handler: (c: Context) => Response | Promise<Response>) => {
+    app.on(method, path, handler);
+    allowed.set(path, [...(allowed.get(path) ?? []), method]);
+  };
+
+  route("POST", "/vms", async (c) => {
+    const body = await jsonObject(c, true);
+    const unknown = Object.keys(body).filter((k) => !CREATE_FIELDS.has(k));
+    if (unknown.length) throw new SimulatorError(400, `unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => `"${k}"`).join(", ")}`);
+    const vm = await core.createVm(body as CreateVmInput, callerOf(c));
+    return c.json(vm, 201);
+  });
+  route("GET", "/vms", (c) => c.json(core.listVms(callerOf(c))));
+  route("GET", "/vms/:id", (c) => {
+    const vm = core.getVm(c.req.param("id")!, callerOf(c));
+    if (!vm) throw new SimulatorError(404, "not found");
+    return c.json(vm);
+  });
+  route("DELETE", "/vms/:id", async (c) => {
+    await core.deleteVm(c.req.param("id")!, callerOf(c));
+    return c.json({ status: "deleted" });
+  });
+  route("POST", "/vms/:id/stop", async (c) => c.json(await core.stop(c.req.param("id")!, callerOf(c))));
+  route("POST", "/vms/:id/start", async (c) => c.json(await core.start(c.req.param("id")!, callerOf(c))));
+  route("POST", "/vms/:id/restore", async (c) => c.json(await core.restore(c.req.param("id")!, callerOf(c))));
+  route("POST", "/vms/:id/snapshot", async (c) => {
+    const vm = await core.snapshot(c.req.param("id")!, callerOf(c));
+    return c.json({ id: randomId("snap_"), vm_id: vm.id, created_at: vm.updated_at }, 201);
+  });
+  route("POST", "/vms/:id/fail-restores", async (c) => {
+    const body = await jsonObject(c, false);
+    const count = body.count;
+    if (typeof count !== "number" || !Number.isInteger(count) || count < 0 || Object.keys(body).length !== 1) {
+      throw new SimulatorError(400, 'body must be {"count": <non-negative integer>}');
+    }
+    const id = c.req.param("id")!;
+    core.failNextRestores(id, count, callerOf(c));
+    return c.json({ vm_id: id, fail_next_restores: count });
+  });
+
+  for (const [path, methods] of allowed) {
+    app.all(path, (c) => c.json({ error: "method not allowed" }, 405, { Allow: methods.join(", ") }));
+  }
+  app.notFound((c) => c.json({ error: "not found" }, 404));
+  app.onError((err, c) => {
+    if (err instanceof SimulatorError) return c.json({ error: err.message }, err.status as 400);
+    return c.json({ error: "internal error" }, 500);
+  });
+  return app;
+}
+
+/** The owner tag of the request's API key (Bearer or X-API-Key); undefined = unscoped. */
+function callerOf(c: Context): string | undefined {
+  const auth = c.req.header("authorization");
+  if (auth !== undefined) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (!m) throw new SimulatorError(401, "invalid authorization header");
+    return ownerOfKey(m[1]!);
+  }
+  const key = c.req.header("x-api-key");
+  return key ? ownerOfKey(key) : undefined;
+}
+
+async function jsonObject(c: Context, emptyOk: boolean): Promise<Record<string, unknown>> {
+  const text = await c.req.text();
+  if (!text.trim() && emptyOk) return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new SimulatorError(400, "request body must be valid JSON");
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new SimulatorError(400, "request body must be a JSON object");
+  return parsed as Record<string, unknown>;
+}

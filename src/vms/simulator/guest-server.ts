@@ -1,0 +1,158 @@
+/**
+ * The "workload" inside a simulated VM: one HTTP server per guest port, bound to the VM's own
+ * loopback address, answering with a description of each request so tests can see exactly what
+ * reached the guest (and on which boot).
+ */
+import { createHash } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import { WebSocketServer } from "ws";
+
+export interface GuestIdentity {
+  vmId: string;
+  ip: string;
+  /** The VM's boot counter at the moment these servers opened. */
+  boot: number;
+}
+
+/** The listeners of one running VM; `close()` makes every port refuse connections again. */
+export interface GuestServers {
+  close(): Promise<void>;
+}
+
+const MAX_STREAM_CHUNKS = 1000;
+const MAX_DELAY_MS = 600_000;
+
+/** Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open). */
+export async function openGuestServers(id: GuestIdentity, ports: readonly number[]): Promise<GuestServers> {
+  const opened: GuestServer[] = [];
+  try {
+    for (const port of ports) opened.push(await openGuestServer(id, port));
+  } catch (err) {
+    await Promise.all(opened.map((s) => s.close()));
+    throw err;
+  }
+  return { close: async () => void (await Promise.all(opened.map((s) => s.close()))) };
+}
+
+interface GuestServer {
+  close(): Promise<void>;
+}
+
+async function openGuestServer(id: GuestIdentity, port: number): Promise<GuestServer> {
+  // Every socket is tracked, upgraded WebSockets included, because a sleeping VM must drop
+  // established connections too, not only stop accepting new ones.
+  const sockets = new Set<Socket>();
+  const timers = new Set<NodeJS.Timeout>();
+  const wss = new WebSocketServer({ noServer: true });
+  const server: Server = createServer((req, res) => handle(id, port, req, res, timers));
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    if (new URL(req.url ?? "/", "http://guest").pathname !== "/ws") {
+      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host: id.ip, port, exclusive: true }, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const t of timers) clearTimeout(t);
+        timers.clear();
+        server.close(() => resolve());
+        for (const client of wss.clients) client.terminate();
+        for (const s of sockets) s.destroy();
+        wss.close();
+      }),
+  };
+}
+
+function handle(id: GuestIdentity, port: number, req: IncomingMessage, res: ServerResponse, timers: Set<NodeJS.Timeout>) {
+  const url = new URL(req.url ?? "/", "http://guest");
+  const hash = createHash("sha256");
+  let length = 0;
+  req.on("data", (chunk: Buffer) => {
+    length += chunk.length;
+    hash.update(chunk);
+  });
+  req.on("error", () => res.destroy());
+  req.on("end", () => {
+    const describe = {
+      vm_id: id.vmId,
+      port,
+      boot: id.boot,
+      method: req.method,
+      path: url.pathname,
+      query: Object.fromEntries(url.searchParams),
+      headers: req.headers,
+      body_length: length,
+      body_sha256: hash.digest("hex"),
+    };
+    const later = (ms: number, fn: () => void) => {
+      const t = setTimeout(() => {
+        timers.delete(t);
+        fn();
+      }, ms);
+      timers.add(t);
+      res.on("close", () => {
+        clearTimeout(t);
+        timers.delete(t);
+      });
+    };
+
+    if (url.pathname === "/ws") return sendJson(res, 426, { error: "websocket upgrade required", ...describe });
+    if (url.pathname === "/sleep") {
+      const ms = intParam(url, "ms", 0, 0, MAX_DELAY_MS);
+      return later(ms, () => sendJson(res, 200, describe));
+    }
+    const status = /^\/status\/(\d{3})$/.exec(url.pathname);
+    if (status) {
+      const code = Number(status[1]);
+      if (code < 200 || code > 599) return sendJson(res, 400, { error: "status must be between 200 and 599" });
+      return sendJson(res, code, describe);
+    }
+    if (url.pathname === "/stream") {
+      const n = intParam(url, "n", 5, 1, MAX_STREAM_CHUNKS);
+      const ms = intParam(url, "ms", 100, 0, MAX_DELAY_MS);
+      res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" });
+      res.flushHeaders();
+      let i = 0;
+      const next = () => {
+        res.write(JSON.stringify({ chunk: i, of: n, vm_id: id.vmId, boot: id.boot, at: Date.now() }) + "\n");
+        i += 1;
+        if (i >= n) res.end();
+        else later(ms, next);
+      };
+      return next();
+    }
+    sendJson(res, 200, describe);
+  });
+}
+
+function intParam(url: URL, name: string, dflt: number, min: number, max: number): number {
+  const raw = url.searchParams.get(name);
+  if (raw === null || !/^\d+$/.test(raw)) return dflt;
+  return Math.min(max, Math.max(min, Number(raw)));
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown) {
+  if (status === 204 || status === 304) {
+    res.writeHead(status).end();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}

@@ -1,0 +1,101 @@
+/**
+ * A Hatch-compatible VM platform whose "VMs" are real HTTP servers on their own loopback
+ * addresses: the embedded default platform and the test bed for everything that wakes VMs.
+ */
+import type { AddressInfo } from "node:net";
+import { createAdaptorServer } from "@hono/node-server";
+import type { Hono } from "hono";
+import { silentLogger, type Logger } from "../../log.ts";
+import type { VmPlatform } from "../platform.ts";
+import { createSimulatorApi } from "./api.ts";
+import { createSimulatorCore, type CreateVmInput, type SimVm } from "./core.ts";
+import { createSimulatorPlatform } from "./platform.ts";
+
+export { ownerOfKey, SimulatorError, type CreateVmInput, type SimVm } from "./core.ts";
+
+export interface SimulatorOptions {
+  /** Three loopback octets; VMs get `<prefix>.1`, `<prefix>.2`, … Default "127.0.1". */
+  ipPrefix?: string | undefined;
+  /** Restore/start time of VMs created without their own `restore_ms`. Default 800. */
+  restoreMs?: number | undefined;
+  /** JSON file the VMs are saved to on every change and reloaded from; undefined = memory only. */
+  stateFile?: string | undefined;
+  log?: Logger | undefined;
+}
+
+export interface Simulator {
+  /** In-process VmPlatform (kind "simulator"), no HTTP hop. */
+  readonly platform: VmPlatform;
+  /** The Hatch-compatible REST API. */
+  readonly app: Hono;
+  createVm(input?: CreateVmInput): Promise<SimVm>;
+  getVm(id: string): SimVm | undefined;
+  listVms(): SimVm[];
+  snapshot(id: string): Promise<SimVm>;
+  stop(id: string): Promise<SimVm>;
+  restore(id: string): Promise<SimVm>;
+  start(id: string): Promise<SimVm>;
+  deleteVm(id: string): Promise<void>;
+  /** The next `n` restores/starts of this VM fail after their delay (state goes back, 500). */
+  failNextRestores(id: string, n: number): void;
+  /** Serves `app` on node:http (host default 127.0.0.1; port 0 = any free port). */
+  listen(addr: { host?: string | undefined; port: number }): Promise<{ url: string; close(): Promise<void> }>;
+  /** Closes every guest server and every API server from `listen`. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_SIM_IP_PREFIX = "127.0.1";
+export const DEFAULT_SIM_RESTORE_MS = 800;
+
+/** Creates the simulator; with `stateFile`, reloads saved VMs and reopens the running ones. */
+export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simulator> {
+  const log = opts.log ?? silentLogger;
+  const core = await createSimulatorCore({
+    ipPrefix: opts.ipPrefix ?? DEFAULT_SIM_IP_PREFIX,
+    restoreMs: opts.restoreMs ?? DEFAULT_SIM_RESTORE_MS,
+    stateFile: opts.stateFile,
+    log,
+  });
+  const app = createSimulatorApi(core);
+  const platform = createSimulatorPlatform(core);
+  const listeners = new Set<() => Promise<void>>();
+
+  return {
+    platform,
+    app,
+    createVm: (input) => core.createVm(input),
+    getVm: (id) => core.getVm(id),
+    listVms: () => core.listVms(),
+    snapshot: (id) => core.snapshot(id),
+    stop: (id) => core.stop(id),
+    restore: (id) => core.restore(id),
+    start: (id) => core.start(id),
+    deleteVm: (id) => core.deleteVm(id),
+    failNextRestores: (id, n) => core.failNextRestores(id, n),
+    async listen(addr) {
+      const server = createAdaptorServer({ fetch: app.fetch });
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(addr.port, addr.host ?? "127.0.0.1", () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+      const { address, port } = server.address() as AddressInfo;
+      const host = address.includes(":") ? `[${address}]` : address === "0.0.0.0" ? "127.0.0.1" : address;
+      log.info("vm simulator listening", { url: `http://${host}:${port}` });
+      const close = () =>
+        new Promise<void>((resolve) => {
+          listeners.delete(close);
+          server.close(() => resolve());
+          if ("closeAllConnections" in server) server.closeAllConnections();
+        });
+      listeners.add(close);
+      return { url: `http://${host}:${port}`, close };
+    },
+    async close() {
+      await Promise.all([...listeners].map((close) => close()));
+      await core.close();
+    },
+  };
+}

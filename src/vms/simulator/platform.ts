@@ -1,0 +1,83 @@
+/** The simulator as an in-process VmPlatform (no HTTP hop), with the same scoping as its REST API. */
+import { WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
+import { ownerOfKey, SimulatorError, type SimulatorCore, type SimVm } from "./core.ts";
+
+/** A VmPlatform of kind "simulator" over `core`; `userKey` scopes like a request's API key. */
+export function createSimulatorPlatform(core: SimulatorCore): VmPlatform {
+  const callerOf = (opts?: CallOptions) => (opts?.userKey !== undefined ? ownerOfKey(opts.userKey) : undefined);
+
+  const wakeOnce = async (id: string, caller: string | undefined): Promise<SimVm> => {
+    const vm = core.getVm(id, caller);
+    if (!vm) throw new SimulatorError(404, "not found");
+    switch (vm.state) {
+      case "running":
+        return vm;
+      case "starting": {
+        // Someone else's wake is in flight: share its outcome instead of failing with 409.
+        const pending = core.pendingWake(id);
+        if (pending) return pending;
+        return core.restore(id, caller);
+      }
+      case "stopped":
+        return core.start(id, caller);
+      default:
+        return core.restore(id, caller);
+    }
+  };
+
+  return {
+    kind: "simulator",
+    async get(id, opts) {
+      return core.getVm(id, callerOf(opts));
+    },
+    async list(opts) {
+      return core.listVms(callerOf(opts));
+    },
+    wake(id, opts) {
+      const woke = wakeOnce(id, callerOf(opts)).catch((err: unknown) => {
+        throw toWakeError(err);
+      });
+      const { timeoutMs, signal } = opts ?? {};
+      if (timeoutMs === undefined && !signal) return woke;
+      return new Promise((resolve, reject) => {
+        const cleanup = () => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+        };
+        const timer =
+          timeoutMs === undefined
+            ? undefined
+            : setTimeout(() => {
+                cleanup();
+                reject(new WakeError("timeout", `vm did not wake within ${timeoutMs} ms`));
+              }, timeoutMs);
+        const onAbort = () => {
+          cleanup();
+          reject(new WakeError("failed", "failed to wake vm: aborted"));
+        };
+        if (signal?.aborted) return onAbort();
+        signal?.addEventListener("abort", onAbort, { once: true });
+        woke.then(
+          (vm) => {
+            cleanup();
+            resolve(vm);
+          },
+          (err) => {
+            cleanup();
+            reject(err);
+          },
+        );
+      });
+    },
+  };
+}
+
+function toWakeError(err: unknown): WakeError {
+  if (err instanceof WakeError) return err;
+  if (err instanceof SimulatorError) {
+    if (err.status === 404) return new WakeError("not_found", "vm not found", { cause: err });
+    if (err.status === 409) return new WakeError("conflict", err.message, { cause: err });
+    return new WakeError("failed", `failed to wake vm: ${err.message}`, { cause: err });
+  }
+  return new WakeError("failed", `failed to wake vm: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
