@@ -192,6 +192,16 @@ describe("buildDynamicConfig", () => {
     expect(stableStringify(doc)).not.toContain("@");
   });
 
+  it.each([
+    ["plain", {}],
+    ["secret, TLS, api, two entry points", { wakeSecret: "x", certResolver: "le", apiUrl: "http://127.0.0.1:8080", entryPoints: ["websecure", "web"] }],
+  ])("creates keys already sorted, so plain JSON.stringify is canonical (%s)", (_name, extra) => {
+    const routes = ["zz", "aa", "m-m", "b_1", "B"].map((id, i) => route(`rt_${id}`, `vm_${i}`, `s${i}`));
+    const vms = vmsOf(...routes.map((r) => vm(r.vmId, "running", `10.0.0.${r.vmId.length}`)));
+    const doc = buildDynamicConfig(routes, vms, { ...base, ...extra });
+    expect(JSON.stringify(doc)).toBe(stableStringify(doc));
+  });
+
   it("brackets IPv6 guest addresses", () => {
     const doc = buildDynamicConfig([route("rt_a", "vm_a", "a", 80)], vmsOf(vm("vm_a", "running", "fd00::5")), base);
     expect(doc.http.services.rt_a!.loadBalancer.servers).toEqual([{ url: "http://[fd00::5]:80" }]);

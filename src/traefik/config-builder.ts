@@ -37,21 +37,22 @@ export const API_PRIORITY = 100;
 /** The path prefix the API router never forwards, so the provider endpoint is not reachable through Traefik. */
 export const PROVIDER_PATH_PREFIX = "/traefik";
 
+// Keys are declared (and created) in sorted order: entryPoints, middlewares, priority, rule, service, tls.
 type Router = {
+  entryPoints: string[];
+  middlewares?: string[];
+  priority?: number;
   rule: string;
   service: string;
-  entryPoints: string[];
-  priority?: number;
-  middlewares?: string[];
   tls?: { certResolver: string; domains: { main: string; sans: string[] }[] };
 };
-type Service = { loadBalancer: { servers: { url: string }[]; passHostHeader: boolean } };
+type Service = { loadBalancer: { passHostHeader: boolean; servers: { url: string }[] } };
 
 export interface DynamicConfig {
   http: {
+    middlewares?: Record<string, { headers: { customRequestHeaders: Record<string, string> } }>;
     routers: Record<string, Router>;
     services: Record<string, Service>;
-    middlewares?: Record<string, { headers: { customRequestHeaders: Record<string, string> } }>;
   };
 }
 
@@ -84,6 +85,8 @@ function hostUrl(ip: string, port: number): string {
 /**
  * Builds the dynamic configuration: a router and service per route whose VM is `running`, one
  * catch-all (priority 1) to the wake sidecar for everything else, and the `api.<base>` router.
+ * Objects are created with their keys already in sorted order, so stableStringify has nothing to
+ * reorder on the hot path (100k routes).
  */
 export function buildDynamicConfig(
   routes: readonly RouteLike[],
@@ -94,8 +97,8 @@ export function buildDynamicConfig(
     ? { certResolver: s.certResolver, domains: [{ main: s.baseDomain, sans: [`*.${s.baseDomain}`] }] }
     : undefined;
   const entryPoints = [...s.entryPoints];
-  const routers: Record<string, Router> = {};
-  const services: Record<string, Service> = {};
+  const suffix = `.${s.baseDomain}\`)`;
+  const direct: [string, Router, Service][] = [];
 
   for (const r of routes) {
     // A route called `api` cannot be created through the API; should one exist anyway, it must not
@@ -104,76 +107,85 @@ export function buildDynamicConfig(
     const vm = vms.get(r.vmId);
     if (!vm || vm.state !== "running" || !vm.guest_ip) continue;
     const name = routeObjectName(r.id);
-    routers[name] = {
-      rule: `Host(\`${r.subdomain}.${s.baseDomain}\`)`,
-      service: name,
-      entryPoints,
-      ...(tls && { tls }),
-    };
-    services[name] = { loadBalancer: { servers: [{ url: hostUrl(vm.guest_ip, r.targetPort) }], passHostHeader: true } };
+    const router: Router = { entryPoints, rule: "Host(`" + r.subdomain + suffix, service: name };
+    if (tls) router.tls = tls;
+    direct.push([name, router, { loadBalancer: { passHostHeader: true, servers: [{ url: hostUrl(vm.guest_ip, r.targetPort) }] } }]);
   }
 
-  routers[WAKE_ROUTER] = {
-    rule: catchAllRule(s.baseDomain),
-    service: WAKE_SERVICE,
-    entryPoints,
-    priority: 1,
-    ...(s.wakeSecret && { middlewares: [WAKE_MIDDLEWARE] }),
-    ...(tls && { tls }),
-  };
-  services[WAKE_SERVICE] = { loadBalancer: { servers: [{ url: s.wakeUrl }], passHostHeader: true } };
+  const wakeRouter: Router = s.wakeSecret
+    ? { entryPoints, middlewares: [WAKE_MIDDLEWARE], priority: 1, rule: catchAllRule(s.baseDomain), service: WAKE_SERVICE }
+    : { entryPoints, priority: 1, rule: catchAllRule(s.baseDomain), service: WAKE_SERVICE };
+  if (tls) wakeRouter.tls = tls;
+  direct.push([WAKE_ROUTER, wakeRouter, { loadBalancer: { passHostHeader: true, servers: [{ url: s.wakeUrl }] } }]);
 
   if (s.apiUrl) {
-    routers[API_ROUTER] = {
+    const apiRouter: Router = {
+      entryPoints,
+      priority: API_PRIORITY,
       // The provider endpoint carries the wake secret and is meant for Traefik's own poll only.
       rule: `Host(\`api.${s.baseDomain}\`) && !PathPrefix(\`${PROVIDER_PATH_PREFIX}\`)`,
       service: API_SERVICE,
-      entryPoints,
-      priority: API_PRIORITY,
-      ...(tls && { tls }),
     };
-    services[API_SERVICE] = { loadBalancer: { servers: [{ url: s.apiUrl }], passHostHeader: true } };
+    if (tls) apiRouter.tls = tls;
+    direct.push([API_ROUTER, apiRouter, { loadBalancer: { passHostHeader: true, servers: [{ url: s.apiUrl }] } }]);
   }
 
-  const config: DynamicConfig = { http: { routers, services } };
-  if (s.wakeSecret) {
-    config.http.middlewares = {
-      [WAKE_MIDDLEWARE]: { headers: { customRequestHeaders: { [WAKE_SECRET_HEADER]: s.wakeSecret } } },
-    };
+  direct.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const routers: Record<string, Router> = {};
+  const services: Record<string, Service> = {};
+  for (const [name, router, service] of direct) {
+    routers[name] = router;
+    services[name] = service;
   }
-  return config;
+  const middlewares = s.wakeSecret
+    ? { [WAKE_MIDDLEWARE]: { headers: { customRequestHeaders: { [WAKE_SECRET_HEADER]: s.wakeSecret } } } }
+    : undefined;
+  return { http: middlewares ? { middlewares, routers, services } : { routers, services } };
 }
 
-/** JSON with object keys sorted at every level, no whitespace: equal values give equal bytes. */
+/**
+ * JSON with object keys sorted at every level and no whitespace: equal values give equal bytes.
+ * Objects whose keys are already in order are not copied, and the native JSON.stringify does the
+ * writing. (Integer-like keys would be listed first by any JS engine, in numeric order: still
+ * deterministic, and no key here is integer-like.)
+ */
 export function stableStringify(value: unknown): string {
-  const parts: string[] = [];
-  write(value, parts);
-  return parts.join("");
+  return JSON.stringify(sortKeys(value)) ?? "null";
 }
 
-function write(value: unknown, out: string[]): void {
-  if (value === null || typeof value !== "object") {
-    out.push(value === undefined ? "null" : JSON.stringify(value));
-    return;
-  }
+function sortKeys(value: unknown): unknown {
+  if (value === null || typeof value !== "object") return value;
   if (Array.isArray(value)) {
-    out.push("[");
+    let copy: unknown[] | undefined;
     for (let i = 0; i < value.length; i++) {
-      if (i) out.push(",");
-      write(value[i], out);
+      const v = value[i];
+      const sv = sortKeys(v);
+      if (sv !== v) (copy ??= value.slice())[i] = sv;
     }
-    out.push("]");
-    return;
+    return copy ?? value;
   }
   const obj = value as Record<string, unknown>;
-  const keys = Object.keys(obj)
-    .filter((k) => obj[k] !== undefined)
-    .sort();
-  out.push("{");
-  for (let i = 0; i < keys.length; i++) {
-    if (i) out.push(",");
-    out.push(JSON.stringify(keys[i]), ":");
-    write(obj[keys[i]!], out);
+  const keys = Object.keys(obj);
+  let inOrder = true;
+  for (let i = 1; i < keys.length; i++) if (keys[i - 1]! > keys[i]!) inOrder = false;
+  let copy: Record<string, unknown> | undefined;
+  if (!inOrder) {
+    keys.sort();
+    copy = {};
   }
-  out.push("}");
+  for (const k of keys) {
+    const v = obj[k];
+    const sv = sortKeys(v);
+    if (copy) copy[k] = sv;
+    else if (sv !== v) {
+      // A child changed: copy this object from here on (keys are in order already).
+      copy = {};
+      for (const k2 of keys) {
+        if (k2 === k) break;
+        copy[k2] = obj[k2];
+      }
+      copy[k] = sv;
+    }
+  }
+  return copy ?? obj;
 }

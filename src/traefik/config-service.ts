@@ -11,7 +11,7 @@ import { ROUTES_CHANNEL } from "../db/client.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
-import { buildDynamicConfig, stableStringify, type RouteLike, type TraefikSettings } from "./config-builder.ts";
+import { buildDynamicConfig, type RouteLike, type TraefikSettings } from "./config-builder.ts";
 
 /** One built configuration; the same routes and states always give the same `json` and `etag`. */
 export interface ConfigSnapshot {
@@ -167,7 +167,9 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     const routes: RouteLike[] = [];
     for (const list of byVm.values()) for (const r of list) routes.push(r);
     const doc = buildDynamicConfig(routes, directory.all(), settings);
-    const json = stableStringify(doc);
+    // The builder creates every object with sorted keys (a unit test holds it to stableStringify),
+    // so the native serializer gives the canonical bytes without a sorting pass over 100k routes.
+    const json = JSON.stringify(doc);
     const now = Date.now();
     if (!lastError) lastSuccessAt = now;
     if (snapshot?.json === json) return;
