@@ -1,0 +1,167 @@
+/**
+ * The commands for people: `hatch-proxy routes …` (the route API) and `hatch-proxy vms …` (the VM
+ * platform API). main.ts dispatches here; nothing in this module exits the process or reads
+ * process.env: the environment and the output streams come in as arguments.
+ */
+import { parseArgs } from "node:util";
+import { CliError, type ApiAnswer, type ApiTarget } from "./http-client.ts";
+import { ROUTE_SUBCOMMANDS } from "./routes-command.ts";
+import type { OptionSpec, Printer, Subcommand } from "./subcommand.ts";
+import { routeApiTarget, UsageError, vmApiTarget } from "./targets.ts";
+import { VM_SUBCOMMANDS } from "./vms-command.ts";
+
+export const PEOPLE_COMMANDS = ["routes", "vms"] as const;
+export type PeopleCommand = (typeof PEOPLE_COMMANDS)[number];
+
+/** Where output goes: `out`/`err` receive one line at a time, newline included, to write as is (process.stdout.write). */
+export interface PeopleIo {
+  out: (s: string) => void;
+  err: (s: string) => void;
+  fetch?: typeof fetch;
+}
+
+type Env = Record<string, string | undefined>;
+
+interface Group {
+  title: string;
+  subcommands: Subcommand<ApiTarget>[];
+  /** Options every subcommand of the group takes (where to send requests). */
+  targetOptions: Record<string, OptionSpec>;
+  target(env: Env, values: Record<string, unknown>): ApiTarget;
+}
+
+const COMMON_OPTIONS: Record<string, OptionSpec> = {
+  json: { type: "boolean", help: "print the API's JSON answer as is (for scripts)" },
+  help: { type: "boolean", help: "show this help" },
+};
+
+const GROUPS: Record<PeopleCommand, Group> = {
+  routes: {
+    title: "Routes (the route API: --api-url/--api-key, or HATCH_PROXY_URL/HATCH_PROXY_API_KEY; default: the local npm start)",
+    subcommands: ROUTE_SUBCOMMANDS,
+    targetOptions: {
+      "api-url": { type: "string", help: "route API URL (default HATCH_PROXY_URL, else http://127.0.0.1:<HATCH_HTTP_ADDR port>)" },
+      "api-key": { type: "string", help: "route API key (default HATCH_PROXY_API_KEY, else <HATCH_DATA_DIR>/api-key)" },
+    },
+    target: (env, values) => routeApiTarget(env, values as Parameters<typeof routeApiTarget>[1]),
+  },
+  vms: {
+    title: "VMs (the simulator on HATCH_SIM_ADDR, or a real Hatch at HATCH_API_URL with HATCH_API_KEY)",
+    subcommands: VM_SUBCOMMANDS,
+    targetOptions: {
+      "vm-api-url": { type: "string", help: "VM API URL (default HATCH_API_URL, else the simulator on HATCH_SIM_ADDR)" },
+      "vm-api-key": { type: "string", help: "VM API key (default HATCH_API_KEY)" },
+    },
+    target: (env, values) => vmApiTarget(env, values as Parameters<typeof vmApiTarget>[1]),
+  },
+};
+
+function optionSynopsis(name: string, spec: OptionSpec): string {
+  return spec.type === "string" ? `--${name} <value>` : `--${name}`;
+}
+
+function groupUsage(group: PeopleCommand): string[] {
+  const g = GROUPS[group];
+  return [`${g.title}:`, ...g.subcommands.map((s) => `  hatch-proxy ${s.synopsis}`)];
+}
+
+function subcommandHelp(group: PeopleCommand, sub: Subcommand<ApiTarget>): string[] {
+  const options = { ...sub.options, ...GROUPS[group].targetOptions, ...COMMON_OPTIONS };
+  const rows = Object.entries(options).map(([name, spec]) => [optionSynopsis(name, spec), spec.help] as const);
+  const width = Math.max(...rows.map(([o]) => o.length));
+  return [`usage: hatch-proxy ${sub.synopsis}`, "", sub.about, "", "options:", ...rows.map(([o, h]) => `  ${o.padEnd(width)}  ${h}`)];
+}
+
+/** Help text lines for `hatch-proxy help`. */
+export const PEOPLE_USAGE: string = [
+  ...groupUsage("routes"),
+  ...groupUsage("vms"),
+  "Every routes/vms command takes --json (the API's answer as is) and --help.",
+].join("\n");
+
+/** Runs `routes …` / `vms …`; returns the process exit code. Never calls process.exit itself. */
+export async function runPeopleCommand(argv: string[], env: Env, streams: PeopleIo): Promise<number> {
+  const io = { out: (line: string) => streams.out(`${line}\n`), err: (line: string) => streams.err(`${line}\n`) };
+  const [groupName, subName, ...rest] = argv;
+  const usageError = (message: string, usage: string[]) => {
+    io.err(`error: ${message}`);
+    io.err("");
+    for (const line of usage) io.err(line);
+    return 2;
+  };
+  if (!groupName || !(PEOPLE_COMMANDS as readonly string[]).includes(groupName)) {
+    return usageError(groupName ? `unknown command "${groupName}"` : "missing command", PEOPLE_USAGE.split("\n"));
+  }
+  const group = groupName as PeopleCommand;
+  const g = GROUPS[group];
+  if (subName === "--help" || subName === "-h" || subName === "help") {
+    for (const line of groupUsage(group)) io.out(line);
+    return 0;
+  }
+  const sub = g.subcommands.find((s) => s.name === subName);
+  if (!sub) return usageError(subName ? `unknown ${group} command "${subName}"` : `missing ${group} command`, groupUsage(group));
+
+  const untilDashes = rest.indexOf("--") === -1 ? rest : rest.slice(0, rest.indexOf("--"));
+  if (untilDashes.includes("--help") || untilDashes.includes("-h")) {
+    for (const line of subcommandHelp(group, sub)) io.out(line);
+    return 0;
+  }
+  const specs = { ...sub.options, ...g.targetOptions, ...COMMON_OPTIONS };
+  const usage = [`usage: hatch-proxy ${sub.synopsis}`, `(hatch-proxy ${group} ${sub.name} --help for the options)`];
+  let values: Record<string, string | boolean | string[] | undefined>;
+  let positionals: string[];
+  try {
+    const parsed = parseArgs({
+      args: rest,
+      options: Object.fromEntries(Object.entries(specs).map(([name, s]) => [name, { type: s.type, multiple: s.multiple ?? false }])),
+      allowPositionals: true,
+      strict: true,
+    });
+    values = parsed.values as typeof values;
+    positionals = parsed.positionals;
+  } catch (err) {
+    return usageError(parseArgsMessage(err, `${group} ${sub.name}`), usage);
+  }
+  if (positionals.length < sub.positionals.length) {
+    return usageError(`${group} ${sub.name}: missing <${sub.positionals[positionals.length]}>`, usage);
+  }
+  if (positionals.length > sub.positionals.length) {
+    return usageError(`${group} ${sub.name}: unexpected argument ${JSON.stringify(positionals[sub.positionals.length])}`, usage);
+  }
+  for (const [i, name] of sub.positionals.entries()) {
+    if (!positionals[i]!.trim()) return usageError(`${group} ${sub.name}: <${name}> must not be empty`, usage);
+  }
+
+  const json = values.json === true;
+  const print = Object.assign(
+    (answer: ApiAnswer, lines: () => string[]) => {
+      if (json) io.out(answer.text.replace(/\n+$/, ""));
+      else for (const line of lines()) io.out(line);
+    },
+    { json },
+  ) as Printer;
+  try {
+    const target = g.target(env, values);
+    await sub.run({ target, args: positionals, values, fetch: streams.fetch ?? fetch, print });
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) return usageError(err.message, usage);
+    if (err instanceof CliError) {
+      for (const line of `error: ${err.message}`.split("\n")) io.err(line);
+      return 1;
+    }
+    io.err(`error: unexpected failure: ${(err as Error)?.message ?? String(err)}`);
+    return 1;
+  }
+}
+
+/** node:util parseArgs errors, reworded for people (its own texts suggest `--` tricks). */
+function parseArgsMessage(err: unknown, command: string): string {
+  const e = err as { code?: string; message?: string };
+  const option = /'(-[^' ]+)/.exec(e.message ?? "")?.[1];
+  if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && option) return `${command}: unknown option ${option}`;
+  if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && option) {
+    return /argument missing/.test(e.message ?? "") ? `${command}: ${option} needs a value` : `${command}: ${option} takes no value`;
+  }
+  return `${command}: ${e.message ?? String(err)}`;
+}
