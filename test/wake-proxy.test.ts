@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { testConfig, type Config } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
+import type { VmPlatform } from "../src/vms/platform.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "../src/wake/proxy.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
@@ -30,13 +31,15 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
   async function proxyWith(overrides: Partial<Config> = {}, embedded = true) {
     const config = testConfig({ baseDomain: BASE, wakePageAfterMs: 0, ...overrides });
     const directory = cacheOnlyDirectory(sim.platform);
-    const proxy = createWakeProxy({ config, database: t.database, platform: sim.platform, directory, log: silentLogger }, { embedded });
+    const counted = { wakeCalls: 0 };
+    const platform: VmPlatform = { ...sim.platform, kind: "simulator", wake: (id, o) => ((counted.wakeCalls += 1), sim.platform.wake(id, o)) };
+    const proxy = createWakeProxy({ config, database: t.database, platform, directory, log: silentLogger }, { embedded });
     const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
     stops.push(async () => {
       await proxy.close();
       await server.close();
     });
-    return { proxy, server, directory, url: server.url };
+    return { proxy, server, directory, counted, url: server.url };
   }
 
   async function metric(proxy: WakeProxy, name: string): Promise<number> {
@@ -219,12 +222,16 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
       const host = `${(await addRoute(t.database, vm.id)).subdomain}.${BASE}`;
       await sim.snapshot(vm.id);
       const bootBefore = sim.getVm(vm.id)!.boot_count;
+      const refreshesBefore = p.directory.refreshes;
       const bodies = Array.from({ length: 200 }, (_, i) => (i % 2 ? randomBytes(1000 + i) : undefined));
       const replies = await Promise.all(
         bodies.map((body, i) => call(p.url, { host, method: body ? "POST" : "GET", path: `/r/${i}`, body, chunked: i % 4 === 1 ? 300 : undefined })),
       );
       expect(sim.getVm(vm.id)!.wake_count).toBe(1);
       expect(sim.getVm(vm.id)!.boot_count).toBe(bootBefore + 1);
+      // One flight: one platform call and one state read under the lock, not one per request.
+      expect(p.counted.wakeCalls).toBe(1);
+      expect(p.directory.refreshes - refreshesBefore).toBeLessThanOrEqual(2);
       replies.forEach((r, i) => {
         expect(r.status).toBe(200);
         const echo = r.json();
