@@ -5,6 +5,7 @@
 import type { AddressInfo } from "node:net";
 import { createAdaptorServer } from "@hono/node-server";
 import type { Hono } from "hono";
+import { addrToUrl } from "../../config.ts";
 import { silentLogger, type Logger } from "../../log.ts";
 import type { VmPlatform } from "../platform.ts";
 import { createSimulatorApi } from "./api.ts";
@@ -82,8 +83,8 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
         });
       });
       const { address, port } = server.address() as AddressInfo;
-      const host = address.includes(":") ? `[${address}]` : address === "0.0.0.0" ? "127.0.0.1" : address;
-      log.info("vm simulator listening", { url: `http://${host}:${port}` });
+      const url = addrToUrl({ host: address, port });
+      log.debug("vm simulator listening", { url });
       const close = () =>
         new Promise<void>((resolve) => {
           listeners.delete(close);
@@ -91,7 +92,7 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
           if ("closeAllConnections" in server) server.closeAllConnections();
         });
       listeners.add(close);
-      return { url: `http://${host}:${port}`, close };
+      return { url, close };
     },
     async close() {
       await Promise.all([...listeners].map((close) => close()));
