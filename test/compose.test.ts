@@ -1,0 +1,527 @@
+/**
+ * compose.yaml cannot run here (no Docker engine), so it is checked against the code: commands the
+ * CLI knows, variables the config parser knows, addresses that reach the intended service through
+ * compose's network layout, the same secrets on both ends, and a real Traefik run with the flags.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse } from "yaml";
+import { Hono } from "hono";
+import { serve } from "@hono/node-server";
+import { SERVICE_COMMANDS } from "../src/cli/commands.ts";
+import { ENV_VARS, loadConfig, parseAddr, type Config, type ListenAddr } from "../src/config.ts";
+import { silentLogger } from "../src/log.ts";
+import { buildDynamicConfig, stableStringify } from "../src/traefik/config-builder.ts";
+import { makeSnapshot, traefikSettings, type ConfigService } from "../src/traefik/config-service.ts";
+import { traefikEndpoint } from "../src/traefik/endpoint.ts";
+import { traefikBinary } from "./helpers/env.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const read = (name: string) => readFileSync(join(ROOT, name), "utf8");
+const COMPOSE_TEXT = read("compose.yaml");
+const ENV_EXAMPLE_TEXT = read(".env.example");
+
+type Env = Record<string, string | undefined>;
+type Doc = { services: Record<string, any>; volumes?: Record<string, unknown> };
+
+/** Compose's interpolation: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`. */
+function interpolate(text: string, env: Env): string {
+  return text.replace(/\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (m, name, op, arg, bare) => {
+    if (m === "$$") return "$";
+    if (bare) return env[bare] ?? "";
+    const value = env[name];
+    if (!op) return value ?? "";
+    const missing = value === undefined || (op.startsWith(":") && value === "");
+    if (op.endsWith("-")) return missing ? arg : value!;
+    if (missing) throw new Error(`required variable ${name} is missing a value: ${arg}`);
+    return value!;
+  });
+}
+
+function interpolateDoc<T>(value: T, env: Env): T {
+  if (typeof value === "string") return interpolate(value, env) as T;
+  if (Array.isArray(value)) return value.map((v) => interpolateDoc(v, env)) as T;
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolateDoc(v, env)])) as T;
+  return value;
+}
+
+/** KEY=VALUE lines of a dotenv file (comments and blank lines skipped). */
+function parseDotenv(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/** Every variable compose.yaml interpolates. */
+const composeVariables = (text: string) =>
+  new Set([...text.replace(/\$\$/g, "").matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)|\$([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1] ?? m[2]!));
+
+// .env.example with its empty secrets filled, as people are told to do; distinct values so a
+// mix-up between two of them shows.
+const SECRETS = { POSTGRES_PASSWORD: "pgpass0test", HATCH_API_KEYS: "apikey0test", HATCH_TRAEFIK_TOKEN: "token0test", HATCH_WAKE_SECRET: "wakesecret0test" };
+const dotenv = parseDotenv(ENV_EXAMPLE_TEXT);
+const filledEnv: Env = { ...dotenv, ...SECRETS };
+
+const parseCompose = (): Doc => parse(COMPOSE_TEXT, { merge: true }) as Doc;
+const effective = (doc: Doc = parseCompose(), env: Env = filledEnv): Doc => interpolateDoc(doc, env);
+
+const APP_IMAGE = "hatch-proxy:local";
+const isApp = (s: any) => s?.build !== undefined || s?.image === APP_IMAGE;
+const netnsOf = (doc: Doc, name: string): string => {
+  const mode = doc.services[name]?.network_mode;
+  return typeof mode === "string" && mode.startsWith("service:") ? mode.slice(8) : name;
+};
+const envOf = (service: any): Env => {
+  const e = service?.environment ?? {};
+  if (Array.isArray(e)) return Object.fromEntries(e.map((kv: string) => [kv.split("=")[0], kv.slice(kv.indexOf("=") + 1)]));
+  return Object.fromEntries(Object.entries(e).map(([k, v]) => [k, v == null ? undefined : String(v)]));
+};
+const commandOf = (service: any): string[] => (Array.isArray(service?.command) ? service.command.map(String) : String(service?.command ?? "").split(/\s+/).filter(Boolean));
+
+/** Traefik's static flags (`--a.b=c`), keys lower-cased as Traefik matches them. */
+function traefikFlags(service: any): Map<string, string> {
+  const flags = new Map<string, string>();
+  for (const arg of commandOf(service)) {
+    const m = /^--([^=]+)=(.*)$/s.exec(arg);
+    if (m) flags.set(m[1]!.toLowerCase(), m[2]!);
+    else if (arg.startsWith("--")) flags.set(arg.slice(2).toLowerCase(), "true");
+  }
+  return flags;
+}
+
+const isLoopbackHost = (h: string | undefined) => !!h && (h === "localhost" || h === "::1" || /^127\./.test(h));
+
+interface Listener {
+  service: string;
+  netns: string;
+  addr: ListenAddr;
+}
+
+/** What each service listens on, in which network namespace, from its config (defaults included). */
+function listeners(doc: Doc): Listener[] {
+  const out: Listener[] = [];
+  for (const [name, s] of Object.entries(doc.services)) {
+    const netns = netnsOf(doc, name);
+    if (isApp(s)) {
+      const command = commandOf(s)[0];
+      let config: Config;
+      try {
+        config = loadConfig(envOf(s));
+      } catch {
+        continue; // reported by the config check
+      }
+      if (command === "api") out.push({ service: name, netns, addr: config.httpAddr });
+      if (command === "wake") out.push({ service: name, netns, addr: config.wakeAddr });
+      if (command === "sim") out.push({ service: name, netns, addr: config.simAddr });
+    } else if (String(s.image ?? "").startsWith("postgres:")) {
+      out.push({ service: name, netns, addr: { host: undefined, port: 5432 } });
+    } else if (String(s.image ?? "").startsWith("traefik:")) {
+      for (const [k, v] of traefikFlags(s)) {
+        const m = /^entrypoints\.([^.]+)\.address$/.exec(k);
+        const addr = m && parseAddr(v);
+        if (addr) out.push({ service: name, netns, addr });
+      }
+    }
+  }
+  return out;
+}
+
+/** The service a URL used by `from` reaches: DNS names are services (own network) or aliases; loopback stays in `from`'s namespace. */
+function reach(doc: Doc, from: string, url: string): string | undefined {
+  const u = new URL(url);
+  const host = u.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(u.port || (u.protocol === "https:" ? 443 : 80));
+  const loop = isLoopbackHost(host);
+  let netns: string | undefined;
+  if (loop) netns = netnsOf(doc, from);
+  else {
+    for (const [name, s] of Object.entries(doc.services)) {
+      if (netnsOf(doc, name) !== name) continue; // a service in another's namespace has no DNS name
+      const aliases = Object.values(s.networks ?? {}).flatMap((n: any) => n?.aliases ?? []);
+      if (name === host || aliases.includes(host)) netns = name;
+    }
+  }
+  if (!netns) return undefined;
+  const hit = listeners(doc).find((l) => {
+    if (l.netns !== netns || l.addr.port !== port) return false;
+    const wildcard = !l.addr.host || l.addr.host === "0.0.0.0" || l.addr.host === "::";
+    if (wildcard) return true;
+    return loop && (l.addr.host === host || (host === "localhost" && l.addr.host === "127.0.0.1"));
+  });
+  return hit?.service;
+}
+
+const SERVICE_ENV = /^(HATCH_|DATABASE_URL$|TRAEFIK_)/;
+const isProfiled = (s: any) => Array.isArray(s?.profiles) && s.profiles.length > 0;
+
+/**
+ * Every way compose.yaml can disagree with the code; [] when it agrees. `doc` is interpolated;
+ * `raw` is the parsed file before interpolation; `dotenvNames` the variables .env.example names.
+ */
+function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames: Set<string>): string[] {
+  const problems: string[] = [];
+  const services = doc.services ?? {};
+  const names = Object.keys(services);
+  const need = (ok: unknown, problem: string) => {
+    if (!ok) problems.push(problem);
+  };
+
+  // Commands and environment variables.
+  for (const [name, s] of Object.entries(services)) {
+    if (isApp(s)) {
+      const command = commandOf(s)[0];
+      need((SERVICE_COMMANDS as readonly string[]).includes(command ?? ""), `${name}: command ${JSON.stringify(command)} is not a hatch-proxy service command`);
+      try {
+        loadConfig(envOf(s));
+      } catch (err) {
+        problems.push(`${name}: environment does not parse: ${(err as Error).message}`);
+      }
+    }
+    for (const key of Object.keys(envOf(s))) {
+      if (!SERVICE_ENV.test(key)) continue;
+      if (key.startsWith("TRAEFIK_") && String(s.image ?? "").startsWith("traefik:")) {
+        problems.push(`${name}: ${key} is ignored: Traefik reads no environment variables when flags are given`);
+      } else need(key in ENV_VARS, `${name}: ${key} is not a variable the config parser knows`);
+    }
+  }
+
+  // Dependencies, health checks, namespaces, profiles.
+  for (const [name, s] of Object.entries(services)) {
+    for (const [target, dep] of Object.entries<any>(s.depends_on ?? {})) {
+      if (!services[target]) {
+        problems.push(`${name}: depends on unknown service ${target}`);
+        continue;
+      }
+      if (dep?.condition === "service_healthy") need(services[target].healthcheck?.test, `${name}: waits for ${target} to be healthy, but ${target} has no healthcheck`);
+      if (dep?.condition === "service_completed_successfully") need(services[target].restart === "no", `${name}: waits for ${target} to complete, but ${target} restarts`);
+      if (isProfiled(services[target]) && !isProfiled(s)) problems.push(`${name}: depends on ${target}, which runs only in profile(s) ${services[target].profiles}`);
+    }
+    const mode = s.network_mode;
+    if (typeof mode === "string" && mode.startsWith("service:")) {
+      const owner = mode.slice(8);
+      need(services[owner], `${name}: network_mode names unknown service ${owner}`);
+      if (services[owner] && isProfiled(services[owner]) && !isProfiled(s)) problems.push(`${name}: shares the namespace of ${owner}, which runs only in a profile`);
+      need(!s.ports, `${name}: publishes ports but lives in ${owner}'s namespace`);
+    }
+  }
+
+  // Only Traefik publishes, on its public entry point.
+  const traefikName = names.find((n) => String(services[n].image ?? "").startsWith("traefik:"));
+  for (const [name, s] of Object.entries(services)) if (name !== traefikName) need(!s.ports?.length, `${name}: publishes ports (only traefik may)`);
+  if (!traefikName) return [...problems, "no traefik service"];
+  const traefik = services[traefikName];
+  const flags = traefikFlags(traefik);
+  need(String(raw.services[traefikName].image).startsWith("traefik:v3.6"), "traefik: image is not traefik:v3.6");
+
+  const api = names.find((n) => isApp(services[n]) && commandOf(services[n])[0] === "api");
+  const wake = names.find((n) => isApp(services[n]) && commandOf(services[n])[0] === "wake");
+  const sim = names.find((n) => isApp(services[n]) && commandOf(services[n])[0] === "sim");
+  const migrate = names.find((n) => isApp(services[n]) && commandOf(services[n])[0] === "migrate");
+  if (!api || !wake || !migrate) return [...problems, "api, wake and migrate services are all required"];
+  let apiConfig: Config;
+  let wakeConfig: Config;
+  try {
+    apiConfig = loadConfig(envOf(services[api]));
+    wakeConfig = loadConfig(envOf(services[wake]));
+  } catch {
+    return problems;
+  }
+
+  const published = (traefik.ports ?? []).map((p: unknown) => Number(String(p).split(":").at(-1)));
+  const entryPoint = (ep: string) => parseAddr(flags.get(`entrypoints.${ep.toLowerCase()}.address`) ?? "");
+  for (const ep of apiConfig.traefikEntryPoints) need(entryPoint(ep), `traefik: has no entry point "${ep}" that the API's routers attach to`);
+  const publicEp = entryPoint(apiConfig.traefikEntryPoints[0]!);
+  need(published.length === 1 && publicEp && published[0] === publicEp.port, `traefik: publishes container port(s) ${published} but its public entry point listens on ${publicEp?.port}`);
+
+  // The provider endpoint and its token.
+  const endpoint = flags.get("providers.http.endpoint");
+  need(endpoint === `${apiConfig.routeApiUrl}/traefik/config`, `traefik: provider endpoint ${endpoint} is not the API's HATCH_ROUTE_API_URL + /traefik/config (${apiConfig.routeApiUrl}/traefik/config)`);
+  if (endpoint) need(reach(doc, traefikName, endpoint) === api, `traefik: provider endpoint ${endpoint} does not reach the api service`);
+  need(reach(doc, traefikName, apiConfig.routeApiUrl) === api, `api: HATCH_ROUTE_API_URL ${apiConfig.routeApiUrl} does not reach the api from traefik`);
+  const header = [...flags].find(([k]) => k === "providers.http.headers.authorization")?.[1];
+  need(apiConfig.traefikToken, "api: HATCH_TRAEFIK_TOKEN is unset (Traefik is not a loopback client of the API)");
+  need(header === `Bearer ${apiConfig.traefikToken}`, "traefik: the provider's Authorization header is not Bearer <the API's HATCH_TRAEFIK_TOKEN>");
+
+  // The wake sidecar.
+  need(reach(doc, traefikName, apiConfig.wakeUrl) === wake, `api: HATCH_WAKE_URL ${apiConfig.wakeUrl} does not reach the wake service from traefik`);
+  need(new URL(apiConfig.wakeUrl).port === String(wakeConfig.wakeAddr.port), `api: HATCH_WAKE_URL port ${new URL(apiConfig.wakeUrl).port} is not wake's HATCH_WAKE_ADDR port ${wakeConfig.wakeAddr.port}`);
+  need(apiConfig.wakeSecret && apiConfig.wakeSecret === wakeConfig.wakeSecret, "api and wake: HATCH_WAKE_SECRET differs or is unset");
+  need(apiConfig.baseDomain === wakeConfig.baseDomain, "api and wake: HATCH_PROXY_BASE_DOMAIN differs");
+  need(apiConfig.hatchApiUrl === wakeConfig.hatchApiUrl && apiConfig.hatchApiKey === wakeConfig.hatchApiKey, "api and wake: the VM platform (HATCH_API_URL/HATCH_API_KEY) differs");
+
+  // Guests are reached by Traefik (running VMs) and the sidecar (woken VMs): with the simulator,
+  // whose guest IPs are loopback, both must share its network namespace.
+  if (sim) {
+    const platformUrl = apiConfig.hatchApiUrl;
+    if (platformUrl && reach(doc, api, platformUrl) === sim) {
+      need(reach(doc, wake, platformUrl) === sim, `wake: HATCH_API_URL ${platformUrl} does not reach the simulator`);
+      need(netnsOf(doc, sim) === netnsOf(doc, traefikName) && netnsOf(doc, wake) === netnsOf(doc, traefikName), "sim, wake and traefik must share one network namespace: the simulator's guest IPs are loopback addresses");
+    } else if (platformUrl) {
+      need(!/\bsim\b/.test(new URL(platformUrl).hostname), `api: HATCH_API_URL ${platformUrl} does not reach the simulator`);
+    }
+  }
+
+  // The database: one URL, the postgres service's credentials.
+  const pg = names.find((n) => String(services[n].image ?? "").startsWith("postgres:"));
+  const urls = [api, wake, migrate].map((n) => envOf(services[n]).DATABASE_URL);
+  need(new Set(urls).size === 1 && urls[0], "api, wake and migrate: DATABASE_URL differs or is unset");
+  if (pg && urls[0]) {
+    const u = new URL(urls[0]);
+    const pgEnv = envOf(services[pg]);
+    need(reach(doc, api, `http://${u.hostname}:${u.port || 5432}`) === pg, `DATABASE_URL host ${u.host} is not the postgres service`);
+    need(u.username === pgEnv.POSTGRES_USER && decodeURIComponent(u.password) === pgEnv.POSTGRES_PASSWORD && u.pathname === `/${pgEnv.POSTGRES_DB}`, "DATABASE_URL does not match POSTGRES_USER/PASSWORD/DB");
+  }
+
+  // Health checks that others wait on must ask the right port.
+  const apiHealth = JSON.stringify(services[api].healthcheck?.test ?? "");
+  need(apiHealth.includes(`http://127.0.0.1:${apiConfig.httpAddr.port}/readyz`), `api: healthcheck does not ask /readyz on the API port ${apiConfig.httpAddr.port}`);
+
+  // No two listeners on one port of one namespace.
+  const all = listeners(doc);
+  for (const [i, a] of all.entries()) {
+    for (const b of all.slice(i + 1)) {
+      if (a.netns !== b.netns || a.addr.port !== b.addr.port) continue;
+      const wild = (l: Listener) => !l.addr.host || l.addr.host === "0.0.0.0" || l.addr.host === "::";
+      if (wild(a) || wild(b) || a.addr.host === b.addr.host) problems.push(`${a.service} and ${b.service} both listen on port ${a.addr.port} in ${a.netns}'s namespace`);
+    }
+  }
+
+  // Traefik's files: mounted read-only, never where Traefik would load a file and drop the flags.
+  const mounts: string[] = (traefik.volumes ?? []).map(String);
+  need(mounts.some((m) => /^\.\/traefik:[^:]+:ro$/.test(m)), "traefik: the repo's traefik/ is not mounted read-only");
+  need(!mounts.some((m) => /:\/etc\/traefik(\/|:|$)/.test(m)), "traefik: a mount at /etc/traefik makes Traefik load a file and ignore its flags");
+
+  // Every interpolated variable is documented in .env.example, and nothing there is unused.
+  for (const v of composeVars) need(dotenvNames.has(v), `.env.example does not name ${v}, which compose.yaml uses`);
+  for (const v of dotenvNames) need(composeVars.has(v) || v === "COMPOSE_PROFILES", `.env.example names ${v}, which compose.yaml never uses`);
+  return problems;
+}
+
+const check = (doc: Doc = effective(), raw: Doc = parseCompose(), vars = composeVariables(COMPOSE_TEXT), names = new Set(Object.keys(dotenv))) =>
+  checkCompose(doc, raw, vars, names);
+
+describe("compose.yaml agrees with the code", () => {
+  it("passes every check", () => {
+    expect(check()).toEqual([]);
+  });
+
+  it("has the services, images and profiles the product needs", () => {
+    const doc = effective();
+    expect(Object.keys(doc.services).sort()).toEqual(["api", "migrate", "postgres", "sim", "traefik", "wake"]);
+    expect(doc.services.postgres.image).toBe("postgres:16");
+    expect(doc.services.traefik.image).toBe("traefik:v3.6");
+    expect(doc.services.sim.profiles).toEqual(["dev"]);
+    expect(doc.services.migrate.depends_on).toEqual({ postgres: { condition: "service_healthy" } });
+    expect(doc.services.api.depends_on).toEqual({ migrate: { condition: "service_completed_successfully" } });
+    expect(doc.services.traefik.ports).toEqual(["9090:9090"]);
+    expect(dotenv.COMPOSE_PROFILES).toBe("dev");
+  });
+
+  it("refuses to start with the secrets of .env.example left empty, naming the variable", () => {
+    expect(() => effective(parseCompose(), dotenv)).toThrow(/^required variable POSTGRES_PASSWORD is missing a value: set POSTGRES_PASSWORD in \.env/);
+    for (const name of Object.keys(SECRETS)) expect(dotenv[name], name).toBe("");
+    expect(() => effective(parseCompose(), { ...filledEnv, HATCH_WAKE_SECRET: "" })).toThrow(/HATCH_WAKE_SECRET/);
+  });
+
+  const svc = (doc: Doc, name: string) => doc.services[name];
+  const setEnv = (name: string, key: string, value: string | undefined) => (doc: Doc) => {
+    svc(doc, name).environment = { ...svc(doc, name).environment, [key]: value };
+  };
+  const setFlag = (flag: string, value: string) => (doc: Doc) => {
+    const cmd: string[] = svc(doc, "traefik").command;
+    svc(doc, "traefik").command = cmd.map((a) => (a.toLowerCase().startsWith(`--${flag.toLowerCase()}=`) ? `--${flag}=${value}` : a));
+  };
+  const mutations: [string, (doc: Doc) => void, string][] = [
+    ["an unknown command", (d) => void (svc(d, "wake").command = ["waker"]), 'wake: command "waker" is not a hatch-proxy service command'],
+    ["an unknown variable", setEnv("api", "HATCH_WAKE_ADRESS", ":9091"), "api: HATCH_WAKE_ADRESS is not a variable the config parser knows"],
+    ["a TRAEFIK_ variable on traefik", setEnv("traefik", "TRAEFIK_LOG_LEVEL", "DEBUG"), "traefik: TRAEFIK_LOG_LEVEL is ignored"],
+    ["a value the parser refuses", setEnv("wake", "HATCH_PROXY_WAKE_TIMEOUT", "60"), "wake: environment does not parse: invalid configuration:\n  HATCH_PROXY_WAKE_TIMEOUT"],
+    ["the API on another port", setEnv("api", "HATCH_HTTP_ADDR", ":8081"), "traefik: provider endpoint http://api:8080/traefik/config does not reach the api service"],
+    ["a provider endpoint on another host", setFlag("providers.http.endpoint", "http://127.0.0.1:8080/traefik/config"), "is not the API's HATCH_ROUTE_API_URL + /traefik/config"],
+    ["another provider token", setFlag("providers.http.headers.Authorization", "Bearer other"), "traefik: the provider's Authorization header is not Bearer <the API's HATCH_TRAEFIK_TOKEN>"],
+    ["no API token", setEnv("api", "HATCH_TRAEFIK_TOKEN", undefined), "api: HATCH_TRAEFIK_TOKEN is unset"],
+    ["the sidecar on another port", setEnv("wake", "HATCH_WAKE_ADDR", "127.0.0.1:9093"), "api: HATCH_WAKE_URL port 9091 is not wake's HATCH_WAKE_ADDR port 9093"],
+    ["the sidecar in its own namespace", (d) => void delete svc(d, "wake").network_mode, "api: HATCH_WAKE_URL http://127.0.0.1:9091 does not reach the wake service from traefik"],
+    ["another wake secret", setEnv("wake", "HATCH_WAKE_SECRET", "x"), "api and wake: HATCH_WAKE_SECRET differs or is unset"],
+    ["another base domain", setEnv("wake", "HATCH_PROXY_BASE_DOMAIN", "example.com"), "api and wake: HATCH_PROXY_BASE_DOMAIN differs"],
+    ["the simulator in its own namespace", (d) => void delete svc(d, "sim").network_mode, "api: HATCH_API_URL http://sim:8090 does not reach the simulator"],
+    ["the simulator on loopback only", setEnv("sim", "HATCH_SIM_ADDR", "127.0.0.1:8090"), "api: HATCH_API_URL http://sim:8090 does not reach the simulator"],
+    ["a second published port", (d) => void (svc(d, "api").ports = ["8080:8080"]), "api: publishes ports (only traefik may)"],
+    ["a published port that is not the entry point", (d) => void (svc(d, "traefik").ports = ["9090:9092"]), "traefik: publishes container port(s) 9092 but its public entry point listens on 9090"],
+    ["routers on a missing entry point", setEnv("api", "HATCH_TRAEFIK_ENTRYPOINTS", "websecure"), 'traefik: has no entry point "websecure"'],
+    ["a dependency on a missing service", (d) => void (svc(d, "api").depends_on.redis = { condition: "service_started" }), "api: depends on unknown service redis"],
+    ["waiting for health without a healthcheck", (d) => void (svc(d, "migrate").depends_on.postgres = undefined, delete svc(d, "postgres").healthcheck, (svc(d, "api").depends_on.postgres = { condition: "service_healthy" })), "api: waits for postgres to be healthy, but postgres has no healthcheck"],
+    ["waiting for a service that restarts", (d) => void (svc(d, "migrate").restart = "on-failure"), "api: waits for migrate to complete, but migrate restarts"],
+    ["a dependency on a profile service", (d) => void (svc(d, "api").depends_on.sim = { condition: "service_started" }), "api: depends on sim, which runs only in profile(s) dev"],
+    ["another database", setEnv("wake", "DATABASE_URL", "postgres://hatch:pgpass0test@postgres:5432/other"), "api, wake and migrate: DATABASE_URL differs or is unset"],
+    ["a wrong database password", (d) => void (svc(d, "postgres").environment.POSTGRES_PASSWORD = "nope"), "DATABASE_URL does not match POSTGRES_USER/PASSWORD/DB"],
+    ["a healthcheck on the wrong port", (d) => void (svc(d, "api").healthcheck.test = ["CMD", "node", "-e", "fetch('http://127.0.0.1:9999/readyz')"]), "api: healthcheck does not ask /readyz on the API port 8080"],
+    ["two listeners on one port", setEnv("sim", "HATCH_SIM_ADDR", "0.0.0.0:9091"), "wake and sim both listen on port 9091 in traefik's namespace"],
+    ["traefik/ mounted at /etc/traefik", (d) => void (svc(d, "traefik").volumes = ["./traefik:/etc/traefik:ro"]), "traefik: a mount at /etc/traefik makes Traefik load a file and ignore its flags"],
+    ["traefik/ mounted writable", (d) => void (svc(d, "traefik").volumes = ["./traefik:/etc/hatch-proxy/traefik"]), "traefik: the repo's traefik/ is not mounted read-only"],
+  ];
+  it.each(mutations)("catches %s", (_name, mutate, problem) => {
+    const doc = structuredClone(effective());
+    mutate(doc);
+    const problems = check(doc);
+    expect(problems.some((p) => p.includes(problem)), `expected a problem containing ${JSON.stringify(problem)}, got ${JSON.stringify(problems)}`).toBe(true);
+  });
+
+  it("catches a variable .env.example does not name, and one compose never uses", () => {
+    const vars = composeVariables(`${COMPOSE_TEXT}\n# \${HATCH_NEW_THING}`);
+    expect(check(effective(), parseCompose(), vars)).toEqual([".env.example does not name HATCH_NEW_THING, which compose.yaml uses"]);
+    const names = new Set([...Object.keys(dotenv), "HATCH_OLD_THING"]);
+    expect(check(effective(), parseCompose(), composeVariables(COMPOSE_TEXT), names)).toEqual([".env.example names HATCH_OLD_THING, which compose.yaml never uses"]);
+  });
+
+  it("with a real Hatch instead of the simulator, the same checks still pass", () => {
+    const env = { ...filledEnv, COMPOSE_PROFILES: "", HATCH_API_URL: "https://hatch.example.com", HATCH_API_KEY: "hatchkey" };
+    expect(check(effective(parseCompose(), env))).toEqual([]);
+    expect(check(effective(parseCompose(), { ...filledEnv, HATCH_API_URL: "http://sim:9999" }))).toContain("api: HATCH_API_URL http://sim:9999 does not reach the simulator");
+  });
+});
+
+describe("Dockerfile", () => {
+  const text = read("Dockerfile");
+  const ignored = read(".dockerignore").split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+
+  it("builds a multi-stage, non-root, production-only image whose entry point is the CLI", () => {
+    const froms = [...text.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1]);
+    expect(froms.length).toBeGreaterThanOrEqual(2);
+    for (const from of froms) expect(from).toBe("node:20-bookworm-slim");
+    expect(text).toMatch(/^RUN npm ci --omit=dev\b/m);
+    const users = [...text.matchAll(/^USER\s+(\S+)/gm)].map((m) => m[1]);
+    expect(users.at(-1)).toBe("node");
+    expect(text).toMatch(/^ENTRYPOINT \["node", "bin\/hatch-proxy\.js"\]$/m);
+    expect(text).not.toMatch(/^HEALTHCHECK/m);
+    // tsx runs the TypeScript at run time, so it must be a production dependency.
+    expect(Object.keys(JSON.parse(read("package.json")).dependencies)).toContain("tsx");
+  });
+
+  it("copies what the CLI needs, and .dockerignore excludes none of it", () => {
+    const copied = [...text.matchAll(/^COPY\s+(?!--from)(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
+    for (const path of ["package.json", "package-lock.json", "bin", "src", "drizzle", "traefik"]) {
+      expect(copied).toContain(path);
+      expect(existsSync(join(ROOT, path)), path).toBe(true);
+      expect(ignored).not.toContain(path);
+    }
+    expect(ignored).toEqual(expect.arrayContaining(["node_modules", "data", ".env", ".git"]));
+  });
+});
+
+describe.skipIf(!traefikBinary())("Traefik with compose.yaml's flags", () => {
+  const bin = traefikBinary()!;
+  const servers: Server[] = [];
+  let traefik: ChildProcess | undefined;
+  let dir: string;
+  const polls: number[] = [];
+
+  const freePort = async () => {
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+    const port = (s.address() as AddressInfo).port;
+    await new Promise<void>((r) => s.close(() => r()));
+    return port;
+  };
+
+  /** The traefik service's command, with compose's addresses moved to free loopback ports. */
+  const localFlags = (doc: Doc, ports: { web: number; internal: number; api: number }) =>
+    commandOf(doc.services.traefik).map((arg) =>
+      arg
+        .replace(/^--entryPoints\.web\.address=.*$/i, `--entryPoints.web.address=127.0.0.1:${ports.web}`)
+        .replace(/^--entryPoints\.traefik\.address=.*$/i, `--entryPoints.traefik.address=127.0.0.1:${ports.internal}`)
+        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`),
+    );
+
+  /** GET / on a loopback port with a given Host header (node:http: fetch may not send a custom Host). */
+  const getVia = (port: number, host: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port, path: "/", headers: { host } }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+
+  let ports: { web: number; internal: number; api: number };
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hatch-compose-traefik-"));
+    const doc = effective();
+    const config = loadConfig(envOf(doc.services.api));
+
+    const guest = createServer((_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("guest ok"));
+    await new Promise<void>((r) => guest.listen(0, "127.0.0.1", () => r()));
+    servers.push(guest);
+    const built = buildDynamicConfig(
+      [{ id: "rt_composecheck01", vmId: "vm_compose", subdomain: "myapp", targetPort: (guest.address() as AddressInfo).port }],
+      new Map([["vm_compose", { id: "vm_compose", state: "running", guest_ip: "127.0.0.1" }]]),
+      traefikSettings(config),
+    );
+    const snapshot = makeSnapshot(stableStringify(built), 1, Date.now());
+    const service: ConfigService = {
+      start: async () => {},
+      stop: async () => {},
+      current: () => snapshot,
+      refresh: async () => {},
+      health: () => ({ ready: true, lastError: undefined, lastSuccessAt: Date.now() }),
+      notReadyReason: () => "",
+    };
+    // In compose Traefik is another container: not a loopback client, so only the token opens the endpoint.
+    const app = new Hono();
+    app.use(async (c, next) => {
+      await next();
+      polls.push(c.res.status);
+    });
+    app.route("/traefik", traefikEndpoint(service, { config, log: silentLogger, clientAddress: () => "172.18.0.5" }));
+    const api = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }) as Server;
+    await new Promise<void>((r) => (api.listening ? r() : api.once("listening", () => r())));
+    servers.push(api);
+
+    ports = { web: await freePort(), internal: await freePort(), api: (api.address() as AddressInfo).port };
+    const args = localFlags(doc, ports);
+    expect(args.some((a) => a.includes("api:8080"))).toBe(false);
+    traefik = spawn(bin, args, { stdio: ["ignore", "ignore", "ignore"] });
+  });
+
+  afterAll(async () => {
+    if (traefik && traefik.exitCode === null) {
+      const exited = new Promise((r) => traefik!.once("exit", r));
+      traefik.kill("SIGTERM");
+      await exited;
+    }
+    for (const s of servers) {
+      s.closeAllConnections();
+      await new Promise<void>((r) => s.close(() => r()));
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("polls the API with the token, applies the routers and serves them on the public entry point", async () => {
+    await expect
+      .poll(async () => (await fetch(`http://127.0.0.1:${ports.internal}/api/http/routers/rt_composecheck01@http`).catch(() => undefined))?.status, { timeout: 20_000, interval: 200 })
+      .toBe(200);
+    expect(polls.length).toBeGreaterThan(0);
+    expect(polls.every((s) => s === 200 || s === 304)).toBe(true);
+    // The API shows a router a moment before the entry point's handler is swapped in.
+    await expect.poll(() => getVia(ports.web, "myapp.hatch.local"), { timeout: 10_000, interval: 100 }).toEqual({ status: 200, body: "guest ok" });
+  });
+
+  it("answers the compose healthcheck", () => {
+    const test: string[] = effective().services.traefik.healthcheck.test;
+    expect(test.slice(0, 2)).toEqual(["CMD", "traefik"]);
+    const args = test.slice(2).map((a) => a.replace(/^(--entryPoints\.traefik\.address=).*$/i, `$1127.0.0.1:${ports.internal}`));
+    expect(execFileSync(bin, args, { encoding: "utf8" })).toContain(`OK: http://127.0.0.1:${ports.internal}/ping`);
+  });
+});
