@@ -1,4 +1,7 @@
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
@@ -13,12 +16,17 @@ describe("printTraefikConfig", () => {
   let port: number;
   let answer: { status: number; body: unknown };
   let seenAuth: string | undefined;
+  let served: { status: number; body: string } | undefined;
   beforeAll(async () => {
     t = await freshDb("pglite");
     await insertRoute(t.database, { id: "rt_print", vmId: "vm_p", subdomain: "printed", targetPort: 5000 });
     await insertRoute(t.database, { id: "rt_sleep", vmId: "vm_s", subdomain: "asleep", targetPort: 5000 });
     server = createServer((req, res) => {
       seenAuth = req.headers.authorization;
+      if (req.url === "/traefik/config" && served) {
+        res.writeHead(served.status, { "content-type": "application/json" });
+        return res.end(served.body);
+      }
       res.writeHead(req.url === "/vms" ? answer.status : 404, { "content-type": "application/json" });
       res.end(JSON.stringify(answer.body));
     });
@@ -64,5 +72,39 @@ describe("printTraefikConfig", () => {
       `GET http://127.0.0.1:${port}/vms answered 500`,
     );
     expect(out).toBe("");
+  });
+
+  describe("with embedded PGlite (no DATABASE_URL)", () => {
+    it("prints what a running API serves instead of opening the data directory", async () => {
+      served = { status: 200, body: '{"http":{"routers":{"x":{"rule":"Host(`x.hatch.local`)","service":"x"}},"services":{}}}' };
+      const dataDir = join(tmpdir(), "hatch-print-never-created");
+      let out = "";
+      const config = testConfig({ routeApiUrl: `http://127.0.0.1:${port}`, traefikToken: "t0k", dataDir });
+      await printTraefikConfig(config, "yaml", { write: (s) => (out += s) });
+      expect(parse(out)).toEqual(JSON.parse(served.body));
+      expect(seenAuth).toBe("Bearer t0k");
+      served = { status: 503, body: '{"error":"traefik config not built yet: starting"}' };
+      await expect(printTraefikConfig(config, "json", { write: (s) => (out += s) })).rejects.toThrow(
+        `the running API at http://127.0.0.1:${port} answered 503: {"error":"traefik config not built yet: starting"}`,
+      );
+      served = undefined;
+    });
+
+    it("builds from the data directory when no API is running", async () => {
+      const dataDir = mkdtempSync(join(tmpdir(), "hatch-print-"));
+      try {
+        const closed = createServer();
+        await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
+        const deadPort = (closed.address() as AddressInfo).port;
+        await new Promise((r) => closed.close(r));
+        answer = { status: 200, body: [] };
+        let out = "";
+        const config = testConfig({ routeApiUrl: `http://127.0.0.1:${deadPort}`, hatchApiUrl: `http://127.0.0.1:${port}`, dataDir });
+        await printTraefikConfig(config, "json", { write: (s) => (out += s) });
+        expect(Object.keys(JSON.parse(out).http.routers).sort()).toEqual(["hatch-api", "hatch-wake"]);
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
   });
 });
