@@ -131,6 +131,7 @@ export const ENV_VARS = {
   HATCH_WAKE_MAX_WAITERS: { default: "1000", schema: intIn(1, 1_000_000), doc: "Most requests held per waking VM (more → 503 with Retry-After)." },
   HATCH_WAKE_PAGE_AFTER: { default: "1s", schema: duration, doc: "Browsers still waiting after this get a self-refreshing 'waking' page; 0 = never." },
   HATCH_LOG_LEVEL: { default: "info", schema: logLevel, doc: "Log level: debug, info, warn, error or silent." },
+  HATCH_PROXY_FRONT: { default: "auto", schema: v.picklist(["auto", "traefik", "embedded"], "one of auto, traefik, embedded"), doc: "What `npm start` serves HATCH_PROXY_ADDR with: `auto` (Traefik when a binary is found, else the embedded proxy), `traefik` (fail without one), `embedded`." },
   TRAEFIK_BIN: { default: undefined, schema: nonEmpty, doc: "Traefik binary `npm start` runs in front; default: PATH, then the build cache of scripts/traefik.sh." },
 } as const;
 
@@ -164,6 +165,7 @@ export interface Config {
   wakeMaxWaiters: number;
   wakePageAfterMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  proxyFront: "auto" | "traefik" | "embedded";
   traefikBin: string | undefined;
 }
 
@@ -220,6 +222,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     wakeMaxWaiters: get("HATCH_WAKE_MAX_WAITERS") as number,
     wakePageAfterMs: get("HATCH_WAKE_PAGE_AFTER") as number,
     logLevel: get("HATCH_LOG_LEVEL") as Config["logLevel"],
+    proxyFront: get("HATCH_PROXY_FRONT") as Config["proxyFront"],
     traefikBin: out.TRAEFIK_BIN as string | undefined,
   };
 }

@@ -78,6 +78,8 @@ export interface CoreOptions {
   restoreMs: number;
   stateFile: string | undefined;
   log: Logger;
+  /** Called after every state change (an in-process VM directory can follow without polling). */
+  onChange?: (() => void) | undefined;
 }
 
 interface Entry {
@@ -140,7 +142,9 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
   };
 
   const save = () => {
-    if (!opts.stateFile || closed) return;
+    if (closed) return;
+    opts.onChange?.();
+    if (!opts.stateFile) return;
     try {
       writeStateFile(opts.stateFile, [...entries.values()].map((e) => e.rec));
     } catch (err) {

@@ -22,6 +22,8 @@ export interface SimulatorOptions {
   /** JSON file the VMs are saved to on every change and reloaded from; undefined = memory only. */
   stateFile?: string | undefined;
   log?: Logger | undefined;
+  /** Called after every state change of any VM. */
+  onChange?: (() => void) | undefined;
 }
 
 export interface Simulator {
@@ -56,6 +58,7 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     restoreMs: opts.restoreMs ?? DEFAULT_SIM_RESTORE_MS,
     stateFile: opts.stateFile,
     log,
+    onChange: opts.onChange,
   });
   const app = createSimulatorApi(core);
   const platform = createSimulatorPlatform(core);

@@ -1,0 +1,260 @@
+/**
+ * Assembles the processes from their parts: database, VM platform, VM directory, Traefik config
+ * service, route API, wake sidecar. `main.ts` and the end-to-end tests both start the product here.
+ */
+import { randomBytes } from "node:crypto";
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { homedir } from "node:os";
+import { delimiter, join } from "node:path";
+import { createAdaptorServer } from "@hono/node-server";
+import { createApp } from "./api/app.ts";
+import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
+import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
+import { openConfiguredDatabase, type Database } from "./db/client.ts";
+import { deleteRoutesOfVm } from "./db/routes.repo.ts";
+import type { Logger } from "./log.ts";
+import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
+import { traefikEndpoint } from "./traefik/endpoint.ts";
+import { createVmDirectory } from "./vms/directory.ts";
+import { createHatchClient } from "./vms/hatch-client.ts";
+import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
+import { createSimulator, type Simulator } from "./vms/simulator/index.ts";
+import { createWakeProxy, startWakeServer, type WakeProxy } from "./wake/proxy.ts";
+
+/** A listening server and how to stop it (in-flight requests finish, bounded). */
+export interface Listening {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves a fetch-style handler (Hono) on node:http; resolves once listening. */
+export async function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
+  const server = createAdaptorServer({ fetch }) as Server;
+  return listenServer(server, addr);
+}
+
+/** Listens on `addr` and returns a closer that stops accepting, then ends idle keep-alive sockets. */
+export async function listenServer(server: Server, addr: ListenAddr, graceMs = 10_000): Promise<Listening> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(addr.port, addr.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: addrToUrl({ host: addr.host, port }),
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        const force = setTimeout(() => server.closeAllConnections(), graceMs);
+        force.unref();
+        server.close(() => {
+          clearTimeout(force);
+          resolve();
+        });
+        server.closeIdleConnections();
+      }),
+  };
+}
+
+/** Where the database lives, in words safe to print (no password). */
+export function describeDatabase(config: Config): string {
+  if (!config.databaseUrl) return `PGlite (embedded) in ${join(config.dataDir, "pglite")}`;
+  const u = new URL(config.databaseUrl);
+  return `PostgreSQL at ${u.hostname}:${u.port || 5432}${u.pathname}`;
+}
+
+/**
+ * The API key source. HATCH_API_KEYS wins, then the better-auth verify URL; with neither, a random
+ * key is generated once into `<data dir>/api-key` (mode 600) so the API is never open by default.
+ */
+export function configureAuth(config: Config): { auth: Authenticator; generatedKey?: string; keyFile?: string } {
+  if (config.apiKeys) return { auth: createStaticKeyAuth(config.apiKeys) };
+  if (config.authVerifyUrl) return { auth: createVerifyAuth({ url: config.authVerifyUrl }) };
+  const keyFile = join(config.dataDir, "api-key");
+  let key = existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : "";
+  if (!key) {
+    mkdirSync(config.dataDir, { recursive: true });
+    key = `hk_${randomBytes(24).toString("base64url")}`;
+    writeFileSync(keyFile, `${key}\n`, { mode: 0o600 });
+  }
+  chmodSync(keyFile, 0o600);
+  return { auth: createStaticKeyAuth([key]), generatedKey: key, keyFile };
+}
+
+export interface StackParts {
+  /** Route API + Traefik config endpoint on HATCH_HTTP_ADDR. */
+  api?: boolean;
+  /** Wake sidecar on HATCH_WAKE_ADDR. */
+  wake?: boolean;
+  /** The wake handler serving HATCH_PROXY_ADDR itself (no Traefik in front). */
+  embeddedProxy?: boolean;
+  /**
+   * Run the simulator in this process (when HATCH_API_URL is unset) and serve its API on
+   * HATCH_SIM_ADDR. Without it and without HATCH_API_URL, the platform is the simulator at HATCH_SIM_ADDR.
+   */
+  simulator?: boolean;
+}
+
+export interface Stack {
+  config: Config;
+  database: Database;
+  platform: VmPlatform;
+  directory: VmDirectory;
+  simulator?: Simulator;
+  configService?: ConfigService;
+  wakeProxy?: WakeProxy;
+  embeddedProxy?: WakeProxy;
+  api?: Listening;
+  wake?: Listening;
+  proxy?: Listening;
+  simApi?: Listening;
+  generatedKey?: string;
+  keyFile?: string;
+  log: Logger;
+  /** Registers a shutdown step; steps run in reverse order of registration. */
+  defer(step: () => Promise<void>): void;
+  /** Stops everything in order: listeners (finishing in-flight requests), timers, database. */
+  close(): Promise<void>;
+}
+
+/** Starts the requested parts sharing one database handle, platform and VM directory. */
+export async function startStack(config: Config, log: Logger, parts: StackParts): Promise<Stack> {
+  const closers: (() => Promise<void>)[] = [];
+  const close = async () => {
+    for (const c of closers.reverse()) await c().catch((err) => log.warn("shutdown step failed", { error: err }));
+    closers.length = 0;
+  };
+  try {
+    let simulator: Simulator | undefined;
+    let platform: VmPlatform;
+    let simApi: Listening | undefined;
+    // Bound once the directory exists: an in-process simulator tells it of every state change.
+    let onSimulatorChange = () => {};
+    if (config.hatchApiUrl) {
+      platform = createHatchClient({ baseUrl: config.hatchApiUrl, apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
+    } else if (parts.simulator) {
+      simulator = await createSimulator({
+        ipPrefix: config.simIpPrefix,
+        restoreMs: config.simRestoreMs,
+        stateFile: join(config.dataDir, "simulator.json"),
+        log: log.child({ component: "simulator" }),
+        onChange: () => onSimulatorChange(),
+      });
+      closers.push(() => simulator!.close());
+      platform = simulator.platform;
+      const served = await simulator.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
+      simApi = { url: served.url, port: Number(new URL(served.url).port), close: served.close };
+    } else {
+      platform = createHatchClient({ baseUrl: addrToUrl(config.simAddr), timeoutMs: config.platformTimeoutMs });
+    }
+
+    const database = await openConfiguredDatabase(config);
+    closers.push(() => database.close());
+
+    const directory = createVmDirectory({
+      platform,
+      intervalMs: config.vmSyncIntervalMs,
+      log: log.child({ component: "vm-directory" }),
+      // Hatch deletes a VM's routes with the VM; the directory calls this only on a definite 404.
+      onVmGone: async (vmId) => {
+        const n = await deleteRoutesOfVm(database, vmId);
+        if (n) log.info("routes of a deleted VM removed", { vm_id: vmId, routes: n });
+      },
+    });
+    await directory.refreshAll().catch((err) => log.warn("first VM sync failed; will retry", { error: err }));
+    directory.start();
+    if (simulator) onSimulatorChange = () => void directory.refreshAll().catch(() => {});
+    closers.push(async () => directory.stop());
+
+    const stack: Stack = { config, database, platform, directory, log, close, defer: (step) => void closers.push(step) };
+    if (simulator) stack.simulator = simulator;
+    if (simApi) {
+      stack.simApi = simApi;
+      closers.splice(1, 0, () => simApi!.close());
+    }
+
+    const wakeDeps = { config, database, platform, directory, log: log.child({ component: "wake" }) };
+    if (parts.wake) {
+      const wakeProxy = createWakeProxy(wakeDeps, { embedded: false });
+      stack.wakeProxy = wakeProxy;
+      closers.push(() => wakeProxy.close());
+      stack.wake = await startWakeServer(wakeProxy, config.wakeAddr);
+      closers.push(() => stack.wake!.close());
+    }
+    if (parts.embeddedProxy) await addEmbeddedProxy(stack);
+
+    if (parts.api) {
+      const configService = createConfigService({ database, directory, config, log: log.child({ component: "traefik-config" }) });
+      await configService.start();
+      closers.push(() => configService.stop());
+      stack.configService = configService;
+      const { auth, generatedKey, keyFile } = configureAuth(config);
+      if (generatedKey) Object.assign(stack, { generatedKey, keyFile });
+      const app = createApp({
+        config,
+        database,
+        platform,
+        directory,
+        auth,
+        log: log.child({ component: "api" }),
+        mounts: { "/traefik": traefikEndpoint(configService, { config, log }) },
+        // Metrics of this process's proxy (sidecar or embedded; `start` runs one of them).
+        registries: [stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])),
+        readiness: [
+          {
+            name: "traefik_config",
+            check: async () => (configService.current() ? undefined : configService.notReadyReason()),
+          },
+        ],
+      });
+      stack.api = await listenHono(app.fetch, config.httpAddr);
+      closers.push(() => stack.api!.close());
+    }
+    return stack;
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/**
+ * Serves HATCH_PROXY_ADDR with the wake handler itself (no Traefik in front): what `npm start` runs
+ * when no Traefik binary is found, or when the one found fails to start.
+ */
+export async function addEmbeddedProxy(stack: Stack): Promise<Listening> {
+  const { config, database, platform, directory } = stack;
+  const proxy = createWakeProxy({ config, database, platform, directory, log: stack.log.child({ component: "proxy" }) }, { embedded: true });
+  stack.embeddedProxy = proxy;
+  stack.defer(() => proxy.close());
+  const listening = await startWakeServer(proxy, config.proxyAddr);
+  stack.proxy = listening;
+  stack.defer(() => listening.close());
+  return listening;
+}
+
+/** The Traefik version scripts/traefik.sh builds into its cache. */
+export const TRAEFIK_VERSION = "v3.6.12";
+
+/** Finds a Traefik binary: TRAEFIK_BIN, then PATH, then the cache scripts/traefik.sh builds into. */
+export function findTraefikBinary(config: Config, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const executable = (p: string) => {
+    try {
+      accessSync(p, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (config.traefikBin) return executable(config.traefikBin) ? config.traefikBin : undefined;
+  for (const dir of (env.PATH ?? "").split(delimiter)) if (dir && executable(join(dir, "traefik"))) return join(dir, "traefik");
+  const cacheRoot = env.HATCH_CACHE_DIR ?? join(env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "hatch-proxy");
+  const cached = join(cacheRoot, "traefik", TRAEFIK_VERSION, "traefik");
+  return executable(cached) ? cached : undefined;
+}
+

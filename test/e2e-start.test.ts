@@ -1,0 +1,105 @@
+/**
+ * `npm start` as a newcomer meets it: the real entry point (bin/hatch-proxy.js start) in a fresh
+ * directory, then README's walkthrough run as written by bash, in embedded mode and, when a Traefik
+ * binary exists, with Traefik in front.
+ */
+import { afterAll, describe, expect, it } from "vitest";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { traefikBinary } from "./helpers/env.ts";
+
+const repo = fileURLToPath(new URL("..", import.meta.url));
+const readme = readFileSync(join(repo, "README.md"), "utf8");
+
+/** The shell block under "## Walkthrough" in README.md. */
+function walkthroughScript(): string {
+  const section = readme.slice(readme.indexOf("## Walkthrough"));
+  const m = /```sh\n([\s\S]*?)```/.exec(section);
+  if (!m) throw new Error("README.md has no sh block under ## Walkthrough");
+  return m[1]!;
+}
+
+interface Started {
+  child: ChildProcess;
+  dir: string;
+  output: () => string;
+  stop(): Promise<number | null>;
+}
+
+async function startProduct(env: Record<string, string>): Promise<Started> {
+  const dir = mkdtempSync(join(tmpdir(), "hatch-start-"));
+  let out = "";
+  const child = spawn(process.execPath, [join(repo, "bin/hatch-proxy.js"), "start"], {
+    cwd: dir,
+    env: { ...process.env, HATCH_LOG_LEVEL: "warn", HATCH_SIM_RESTORE_MS: "300", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stdout!.on("data", (c) => (out += c));
+  child.stderr!.on("data", (c) => (out += c));
+  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  const deadline = Date.now() + 60_000;
+  while (!out.includes("Try it:")) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`npm start did not come up:\n${out}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    child,
+    dir,
+    output: () => out,
+    async stop() {
+      child.kill("SIGINT");
+      const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
+      rmSync(dir, { recursive: true, force: true });
+      return code;
+    },
+  };
+}
+
+function runWalkthrough(cwd: string) {
+  const r = spawnSync("bash", ["-euo", "pipefail", "-c", walkthroughScript()], { cwd, encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, out: r.stdout, err: r.stderr };
+}
+
+function checkWalkthroughOutput(out: string) {
+  // What README says each step prints.
+  expect(out).toMatch(/"subdomain":"myapp"/);
+  expect(out).toMatch(/"target_port":8080/);
+  const echo = out.split("\n").find((l) => l.includes('"path":"/hello"'));
+  expect(echo, `no echo of /hello in:\n${out}`).toBeDefined();
+  expect(JSON.parse(echo!)).toMatchObject({ method: "GET", path: "/hello", port: 8080 });
+  expect(out).toMatch(/^HTTP\/1\.1 200 OK\r?$/m);
+  const timing = /^server-timing: wake;dur=(\d+(?:\.\d+)?)\r?$/im.exec(out);
+  expect(timing, `no Server-Timing header in:\n${out}`).not.toBeNull();
+  expect(Number(timing![1])).toBeGreaterThanOrEqual(300);
+}
+
+const modes: [string, Record<string, string>][] = [["embedded proxy", { HATCH_PROXY_FRONT: "embedded" }]];
+const traefik = traefikBinary();
+if (traefik) modes.push(["Traefik in front", { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: traefik }]);
+else console.warn("[e2e-start] no Traefik binary: the Traefik-in-front walkthrough is SKIPPED");
+
+describe.each(modes)("npm start with %s", (_name, env) => {
+  let started: Started | undefined;
+  afterAll(async () => {
+    await started?.stop();
+  });
+
+  it("prints a banner with the key and runs README's walkthrough as written", async () => {
+    started = await startProduct(env);
+    const key = readFileSync(join(started.dir, "data/api-key"), "utf8").trim();
+    expect(started.output()).toContain(`API key     ${key}`);
+    expect(started.output()).toContain(env.HATCH_PROXY_FRONT === "traefik" ? "via Traefik" : "via embedded proxy");
+    const run = runWalkthrough(started.dir);
+    expect(run.status, `walkthrough failed:\n${run.out}\n${run.err}\n--- product output ---\n${started.output()}`).toBe(0);
+    checkWalkthroughOutput(run.out);
+  }, 120_000);
+
+  it("stops cleanly on Ctrl-C", async () => {
+    const code = await started!.stop();
+    started = undefined;
+    expect(code).toBe(0);
+  }, 30_000);
+});
