@@ -1,0 +1,304 @@
+/**
+ * Wake sidecar benchmark: `npx tsx bench/wake.ts` (BENCH_SECONDS=5 per hot-path run).
+ * 1. Hot path, autocannon in its own process, the guest VM in its own process:
+ *    client → guest directly (the limit) vs client → sidecar → guest; req/s, p50, p99, ratios.
+ * 2. Cold path: N = 1, 100, 1000 concurrent POSTs (distinct 64 KiB bodies) to one sleeping VM
+ *    (restore 500 ms), fired from a separate client process: restores (must be 1), errors (must
+ *    be 0, body hashes checked), first/last response after the burst minus the restore time, and
+ *    the sidecar process's peak RSS.
+ * Loopback only. Internal modes: `--guest` (hosts the VM), `--cold-client` (fires a burst).
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { Agent, createServer, request } from "node:http";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { testConfig } from "../src/config.ts";
+import { openDatabase } from "../src/db/client.ts";
+import { insertRoute } from "../src/db/routes.repo.ts";
+import { silentLogger } from "../src/log.ts";
+import type { Vm, VmDirectory, VmPlatform } from "../src/vms/platform.ts";
+import { createSimulator } from "../src/vms/simulator/index.ts";
+import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const RESTORE_MS = 500;
+const BODY_BYTES = 64 * 1024;
+const HOST = "bench.hatch.local";
+
+// ---- child modes ------------------------------------------------------------------------------
+
+/** Hosts one running simulated VM and prints where it listens; exits when stdin closes. */
+async function guestMode() {
+  const sim = await createSimulator({ ipPrefix: "127.77.8", restoreMs: 0 });
+  const vm = await sim.createVm();
+  process.stdout.write(JSON.stringify({ id: vm.id, ip: vm.guest_ip, port: 8080 }) + "\n");
+  process.stdin.resume();
+  process.stdin.on("end", () => void sim.close().then(() => process.exit(0)));
+}
+
+/** Fires `n` concurrent POSTs with distinct bodies at once; prints timings and errors as JSON. */
+async function coldClientMode(url: string, host: string, n: number) {
+  const bodies = Array.from({ length: n }, () => randomBytes(BODY_BYTES));
+  const hashes = bodies.map((b) => createHash("sha256").update(b).digest("hex"));
+  const t0 = performance.now();
+  const done: number[] = [];
+  let errors = 0;
+  const samples: string[] = [];
+  await Promise.all(
+    bodies.map(
+      (body, i) =>
+        new Promise<void>((resolve) => {
+          const fail = (why: string) => {
+            errors += 1;
+            if (samples.length < 3) samples.push(why);
+            resolve();
+          };
+          const req = request(url, { method: "POST", agent: false, headers: { host, "content-length": body.length } }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("error", (e) => fail(e.message));
+            res.on("end", () => {
+              done.push(performance.now() - t0);
+              const text = Buffer.concat(chunks).toString();
+              if (res.statusCode !== 200) return fail(`${res.statusCode} ${text.slice(0, 200)}`);
+              if (JSON.parse(text).body_sha256 !== hashes[i]) return fail("body hash mismatch");
+              resolve();
+            });
+          });
+          req.on("error", (e) => fail(e.message));
+          req.end(body);
+        }),
+    ),
+  );
+  done.sort((a, b) => a - b);
+  process.stdout.write(JSON.stringify({ first: done[0], last: done.at(-1), errors, samples }) + "\n");
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+function tsx(args: string[]): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", fileURLToPath(import.meta.url), ...args], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
+}
+
+async function firstLine(child: ChildProcess): Promise<string> {
+  const rl = createInterface({ input: child.stdout! });
+  for await (const line of rl) return line;
+  throw new Error("child exited without output");
+}
+
+interface Cannon {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  total: number;
+}
+
+/** autocannon in its own process, so it does not share an event loop with what it measures. */
+function autocannon(url: string, host: string | undefined, seconds = SECONDS): Promise<Cannon> {
+  const bin = join(root, "node_modules/autocannon/autocannon.js");
+  const args = [bin, "-c", String(CONNECTIONS), "-d", String(seconds), "--json"];
+  if (host) args.push("-H", `host=${host}`);
+  args.push(url);
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, args, { maxBuffer: 64 << 20 }, (err, stdout) => {
+      if (err) return reject(err);
+      const r = JSON.parse(stdout);
+      resolve({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.non2xx, total: r.requests.total });
+    });
+  });
+}
+
+function staticDirectory(vms: Map<string, Vm>): VmDirectory {
+  return {
+    peek: (id) => vms.get(id),
+    all: () => vms,
+    refreshOne: async (id) => vms.get(id),
+    refreshAll: async () => {},
+    record: (vm) => void vms.set(vm.id, vm),
+    onChange: () => () => {},
+    version: 0,
+    ready: true,
+    start() {},
+    stop() {},
+  };
+}
+
+/** A directory that reads the simulator on demand (the cold path needs real states). */
+function liveDirectory(platform: VmPlatform): VmDirectory {
+  const vms = new Map<string, Vm>();
+  const dir = staticDirectory(vms);
+  return {
+    ...dir,
+    async refreshOne(id) {
+      const vm = await platform.get(id);
+      if (vm) vms.set(id, vm);
+      else vms.delete(id);
+      return vm;
+    },
+  };
+}
+
+const fmt = (n: number, d = 1) => n.toFixed(d);
+
+// ---- the two benchmarks -----------------------------------------------------------------------
+
+/** The least a node:http proxy can do (no routing, no header rules): a reference for our overhead. */
+function naiveProxy(ip: string, port: number) {
+  const agent = new Agent({ keepAlive: true });
+  return createServer((req, res) => {
+    const up = request({ host: ip, port, method: req.method, path: req.url, headers: req.headers, agent }, (ur) => {
+      res.writeHead(ur.statusCode!, ur.headers);
+      ur.pipe(res);
+    });
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+}
+
+interface HotRow extends Cannon {
+  name: string;
+  /** CPU time of this (the proxy's) process per request, in µs; undefined for the direct path. */
+  cpuUs: number | undefined;
+}
+
+async function hotPath(): Promise<HotRow[]> {
+  const guest = tsx(["--guest"]);
+  const info = JSON.parse(await firstLine(guest)) as { id: string; ip: string; port: number };
+  const database = await openDatabase({});
+  await insertRoute(database, { id: "rt_bench", vmId: info.id, subdomain: "bench", targetPort: info.port, autoWake: true });
+  const vms = new Map<string, Vm>([[info.id, { id: info.id, state: "running", guest_ip: info.ip }]]);
+  const platform = { kind: "simulator", get: async () => undefined, list: async () => [], wake: async () => Promise.reject(new Error("unused")) } as VmPlatform;
+  const proxy = createWakeProxy({ config: testConfig({ baseDomain: "hatch.local" }), database, platform, directory: staticDirectory(vms), log: silentLogger }, { embedded: false });
+  const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
+  const naive = naiveProxy(info.ip, info.port);
+  await new Promise<void>((r) => naive.listen(0, "127.0.0.1", r));
+  const naiveUrl = `http://127.0.0.1:${(naive.address() as AddressInfo).port}/`;
+  const measure = async (name: string, url: string, inProcess: boolean): Promise<HotRow> => {
+    const cpu0 = process.cpuUsage();
+    const r = await autocannon(url, HOST);
+    const cpu = process.cpuUsage(cpu0);
+    return { name, ...r, cpuUs: inProcess ? (cpu.user + cpu.system) / Math.max(1, r.total) : undefined };
+  };
+  try {
+    const guestUrl = `http://${info.ip}:${info.port}/`;
+    // Warm-up: JIT, keep-alive pools, route cache.
+    await autocannon(server.url + "/", HOST, 2).catch(() => undefined);
+    await autocannon(naiveUrl, HOST, 1).catch(() => undefined);
+    const rows: HotRow[] = [];
+    // Interleaved twice: the machine is shared, so one slow moment must not decide a ratio.
+    for (let round = 0; round < 2; round++) {
+      rows.push(await measure("client → guest (direct)", guestUrl, false));
+      rows.push(await measure("client → sidecar → guest", server.url + "/", true));
+      rows.push(await measure("client → naive node proxy → guest", naiveUrl, true));
+    }
+    return rows;
+  } finally {
+    await proxy.close();
+    await server.close();
+    naive.close();
+    naive.closeAllConnections();
+    await database.close();
+    guest.stdin!.end();
+  }
+}
+
+async function coldPath(ns: number[]) {
+  const sim = await createSimulator({ ipPrefix: "127.77.9", restoreMs: RESTORE_MS });
+  const database = await openDatabase({});
+  const directory = liveDirectory(sim.platform);
+  const config = testConfig({ baseDomain: "hatch.local", wakePageAfterMs: 0, wakeMaxWaiters: 1000 });
+  const proxy = createWakeProxy({ config, database, platform: sim.platform, directory, log: silentLogger }, { embedded: false });
+  const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
+  const rows = [];
+  const wakeSeconds = async () => {
+    const m = await proxy.registry.getSingleMetric("hatch_wake_duration_seconds")!.get();
+    return m.values.filter((v) => (v as { metricName?: string }).metricName === "hatch_wake_duration_seconds_sum").reduce((a, v) => a + v.value, 0);
+  };
+  try {
+    for (const n of ns) {
+      const vm = await sim.createVm({ restore_ms: RESTORE_MS });
+      await insertRoute(database, { id: `rt_cold${n}`, vmId: vm.id, subdomain: `cold${n}`, targetPort: 8080, autoWake: true });
+      await sim.snapshot(vm.id);
+      const wakeBefore = await wakeSeconds();
+      global.gc?.();
+      const baseRss = process.memoryUsage.rss();
+      let peak = baseRss;
+      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 5);
+      const client = tsx(["--cold-client", server.url + "/", `cold${n}.hatch.local`, String(n)]);
+      const result = JSON.parse(await firstLine(client)) as { first: number; last: number; errors: number; samples: string[] };
+      clearInterval(sampler);
+      const wakeSum = await wakeSeconds();
+      rows.push({
+        n,
+        restores: sim.getVm(vm.id)!.wake_count,
+        errors: result.errors,
+        firstMinusRestore: result.first - RESTORE_MS,
+        lastMinusRestore: result.last - RESTORE_MS,
+        peakRssMiB: peak / 2 ** 20,
+        rssGrowthMiB: (peak - baseRss) / 2 ** 20,
+        samples: result.samples,
+        wakeMs: (wakeSum - wakeBefore) * 1000,
+      });
+      await sim.deleteVm(vm.id);
+    }
+  } finally {
+    await proxy.close();
+    await server.close();
+    await sim.close();
+    await database.close();
+  }
+  return rows;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+async function main() {
+  console.log(`wake sidecar benchmark (node ${process.version}, ${SECONDS}s per hot-path run, ${CONNECTIONS} connections, loadavg ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores)`);
+  const hot = await hotPath();
+  console.log("\nHot path (autocannon in its own process, keep-alive, GET / → guest echo in its own process)");
+  console.log("path                                 req/s   p50 ms  p99 ms  errors  proxy CPU µs/req");
+  for (const r of hot) {
+    console.log(
+      `${r.name.padEnd(34)} ${fmt(r.rps, 0).padStart(8)}  ${fmt(r.p50).padStart(6)}  ${fmt(r.p99).padStart(6)}  ${String(r.errors).padStart(6)}  ${r.cpuUs === undefined ? "" : fmt(r.cpuUs, 0).padStart(8)}`,
+    );
+  }
+  const pick = (name: string, f: (r: HotRow) => number) => median(hot.filter((r) => r.name.startsWith(name)).map(f));
+  const direct = { rps: pick("client → guest", (r) => r.rps), p50: pick("client → guest", (r) => r.p50) };
+  const side = { rps: pick("client → sidecar", (r) => r.rps), p50: pick("client → sidecar", (r) => r.p50), cpu: pick("client → sidecar", (r) => r.cpuUs!) };
+  const naive = { rps: pick("client → naive", (r) => r.rps), cpu: pick("client → naive", (r) => r.cpuUs!) };
+  console.log(
+    `ratios (median of runs): sidecar/direct throughput ${fmt((side.rps / direct.rps) * 100)}%, p50 +${fmt(side.p50 - direct.p50, 2)} ms; ` +
+      `sidecar/naive proxy throughput ${fmt((side.rps / naive.rps) * 100)}%, CPU per request ${fmt(side.cpu / naive.cpu, 2)}×`,
+  );
+
+  const cold = await coldPath([1, 100, 1000]);
+  console.log(`\nCold path (one sleeping VM, restore ${RESTORE_MS} ms, POST with distinct ${BODY_BYTES / 1024} KiB bodies, client in its own process)`);
+  console.log("N      restores  errors  wake ms  first−restore ms  last−restore ms  peak RSS MiB (+growth)");
+  for (const r of cold) {
+    console.log(
+      `${String(r.n).padEnd(6)} ${String(r.restores).padStart(8)}  ${String(r.errors).padStart(6)}  ${fmt(r.wakeMs, 0).padStart(7)}  ${fmt(r.firstMinusRestore).padStart(16)}  ${fmt(r.lastMinusRestore).padStart(15)}  ${fmt(r.peakRssMiB, 0).padStart(7)} (+${fmt(r.rssGrowthMiB, 0)})`,
+    );
+    if (r.samples.length) console.log(`       errors e.g.: ${r.samples.join(" | ")}`);
+  }
+  console.log("(wake ms: the sidecar's own wake duration, restore + readiness; first/last: from the burst's start in the client)");
+  const bad = cold.filter((r) => r.restores !== 1 || r.errors !== 0);
+  if (bad.length || hot.some((r) => r.errors)) {
+    console.log("\nFAILED: a cold run needed more than one restore or had errors, or the hot path had errors");
+    process.exitCode = 1;
+  }
+}
+
+const mode = process.argv[2];
+if (mode === "--guest") await guestMode();
+else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
+else await main();
