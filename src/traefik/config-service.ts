@@ -164,9 +164,16 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       if (!snapshot) reason = "VM states not loaded yet";
       return;
     }
+    // Only routes of running VMs get a router: walking the (fewer) running VMs avoids a lookup per
+    // route, which dominates at 100k routes with 10% running. The builder still checks each state.
+    const vms = directory.all();
     const routes: RouteLike[] = [];
-    for (const list of byVm.values()) for (const r of list) routes.push(r);
-    const doc = buildDynamicConfig(routes, directory.all(), settings);
+    for (const [id, vm] of vms) {
+      if (vm.state !== "running") continue;
+      const list = byVm.get(id);
+      if (list) for (const r of list) routes.push(r);
+    }
+    const doc = buildDynamicConfig(routes, vms, settings);
     // The builder creates every object with sorted keys (a unit test holds it to stableStringify),
     // so the native serializer gives the canonical bytes without a sorting pass over 100k routes.
     const json = JSON.stringify(doc);

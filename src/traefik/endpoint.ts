@@ -43,6 +43,17 @@ const FORWARDING_HEADERS = ["forwarded", "x-forwarded-for", "x-real-ip", "x-forw
 
 const digest = (s: string) => createHash("sha256").update(s).digest();
 
+/**
+ * A request header, read from Node's IncomingMessage when there is one: asking Hono's request for
+ * headers makes @hono/node-server build a full Request per poll, the main per-request cost here.
+ */
+function header(c: Context, name: string): string | undefined {
+  const incoming = (c.env as { incoming?: { headers: Record<string, string | string[] | undefined> } } | undefined)?.incoming;
+  if (!incoming) return c.req.header(name);
+  const v = incoming.headers[name];
+  return Array.isArray(v) ? v.join(", ") : v;
+}
+
 /** A constant-time check of `Authorization: Bearer <token>`. */
 function bearerMatches(header: string | undefined, expected: Buffer): "missing" | "invalid" | "ok" {
   if (!header) return "missing";
@@ -72,18 +83,18 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
 
   app.use("*", async (c, next) => {
     if (expected) {
-      const result = bearerMatches(c.req.header("authorization"), expected);
+      const result = bearerMatches(header(c, "authorization"), expected);
       if (result !== "ok") {
-        log.warn("traefik config request refused", { reason: `${result} token`, path: c.req.path });
+        log.warn("traefik config request refused", { reason: `${result} token` });
         c.header("WWW-Authenticate", 'Bearer realm="hatch-proxy traefik config"');
         return c.json({ error: result === "missing" ? "missing bearer token" : "invalid bearer token" }, 401);
       }
       return next();
     }
     const address = clientAddress(c);
-    const relayed = FORWARDING_HEADERS.some((h) => c.req.header(h) !== undefined);
+    const relayed = FORWARDING_HEADERS.some((h) => header(c, h) !== undefined);
     if (!isLoopback(address) || relayed) {
-      log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address, path: c.req.path });
+      log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address });
       return c.json({ error: "the traefik config is served to loopback clients only (set HATCH_TRAEFIK_TOKEN to allow others)" }, 403);
     }
     return next();
@@ -98,7 +109,7 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
     }
     const etag = format === "json" ? snap.etag : snap.yamlEtag;
     const headers: Record<string, string> = { ETag: etag, "Cache-Control": "private, no-cache" };
-    if (matchesIfNoneMatch(c.req.header("if-none-match"), etag)) return c.body(null, 304, headers);
+    if (matchesIfNoneMatch(header(c, "if-none-match"), etag)) return c.body(null, 304, headers);
     headers["Content-Type"] = format === "json" ? "application/json" : "application/yaml; charset=utf-8";
     return c.body(format === "json" ? snap.body : snap.yaml, 200, headers);
   };
