@@ -5,6 +5,7 @@ import WebSocket from "ws";
 import { testConfig, type Config } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
 import type { VmPlatform } from "../src/vms/platform.ts";
+import { createVmDirectory } from "../src/vms/directory.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "../src/wake/proxy.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
@@ -261,6 +262,27 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
       expect(r.status).toBe(200);
       expect(r.json().body_sha256).toBe(sha256(body));
       expect(r.headers["x-hatch-cold-start"]).toBe("1");
+      expect(sim.getVm(vm.id)!.wake_count).toBe(1);
+    });
+
+    it("with the real VM directory: a VM snapshotted since its last poll is woken, and the directory knows at once", async () => {
+      const config = testConfig({ baseDomain: BASE, wakePageAfterMs: 0 });
+      const directory = createVmDirectory({ platform: sim.platform, intervalMs: 60_000, log: silentLogger });
+      const proxy = createWakeProxy({ config, database: t.database, platform: sim.platform, directory, log: silentLogger }, { embedded: true });
+      const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
+      stops.push(async () => {
+        await proxy.close();
+        await server.close();
+      });
+      const vm = await sim.createVm();
+      const host = `${(await addRoute(t.database, vm.id)).subdomain}.${BASE}`;
+      await directory.refreshAll();
+      expect(directory.peek(vm.id)?.state).toBe("running");
+      await sim.snapshot(vm.id);
+      const r = await call(server.url, { host });
+      expect(r.status).toBe(200);
+      expect(r.headers["x-hatch-cold-start"]).toBe("1");
+      expect(directory.peek(vm.id)?.state).toBe("running");
       expect(sim.getVm(vm.id)!.wake_count).toBe(1);
     });
 

@@ -20,6 +20,9 @@ export const WAKE_SECRET_HEADER = "x-hatch-wake-secret";
 
 function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (!value) return undefined;
+  // The usual values name only hop-by-hop tokens already dropped: skip building a set per request.
+  const plain = value.length <= 10 ? value.toLowerCase() : "";
+  if (plain === "keep-alive" || plain === "close" || plain === "upgrade") return undefined;
   const tokens = new Set<string>();
   for (const t of value.split(",")) {
     const name = t.trim().toLowerCase();
