@@ -10,6 +10,7 @@ import {
   type RouteLike,
   type TraefikSettings,
 } from "../src/traefik/config-builder.ts";
+import { createConfigAssembler } from "../src/traefik/config-assembler.ts";
 import { makeSnapshot } from "../src/traefik/config-service.ts";
 import type { Vm, VmState } from "../src/vms/platform.ts";
 
@@ -221,5 +222,47 @@ describe("stableStringify", () => {
     const snap = makeSnapshot(stableStringify(doc), 2, 0);
     expect(parseYaml(snap.yaml)).toEqual(JSON.parse(snap.json));
     expect(snap.yamlEtag).not.toBe(snap.etag);
+  });
+});
+
+describe("createConfigAssembler", () => {
+  const STATES: VmState[] = ["running", "running", "snapshotted", "stopped", "starting", "error"];
+  const variants: [string, TraefikSettings][] = [
+    ["plain", base],
+    ["secret, TLS, api, two entry points", { ...base, wakeSecret: "s", certResolver: "le", apiUrl: "http://127.0.0.1:8080", entryPoints: ["websecure", "web"] }],
+    ["api only, other domain", { ...base, baseDomain: "my-base.example", apiUrl: "http://10.0.0.1:8080" }],
+  ];
+
+  it.each(variants)("gives the builder's exact bytes through a series of changes (%s)", (_name, settings) => {
+    let seed = 7;
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    const ids = ["rt_a", "rt_b", "rt-c", "x@file", "hatch-wake", "rt.dot", "rt_z9", "rt_api"];
+    const vms = new Map<string, Vm>();
+    for (let i = 0; i < 6; i++) vms.set(`vm_${i}`, vm(`vm_${i}`, STATES[rnd(STATES.length)]!, i === 5 ? "fd00::9" : `10.0.0.${i}`));
+    let routes: RouteLike[] = ids.map((id, i) => route(id, `vm_${i % 7}`, id === "rt_api" ? "api" : `s${i}`, 1000 + i));
+    const assembler = createConfigAssembler(settings);
+    for (let step = 0; step < 60; step++) {
+      const { json, routers } = assembler.assemble(routes, vms);
+      const doc = buildDynamicConfig(routes, vms, settings);
+      expect(json).toBe(JSON.stringify(doc));
+      expect(routers).toBe(Object.keys(doc.http.routers).length);
+      const id = `vm_${rnd(7)}`;
+      switch (rnd(5)) {
+        case 0:
+          vms.set(id, vm(id, STATES[rnd(STATES.length)]!, vms.get(id)?.guest_ip ?? "10.0.0.77"));
+          break;
+        case 1:
+          vms.set(id, vm(id, "running", `10.1.0.${rnd(250)}`));
+          break;
+        case 2:
+          routes = routes.map((r) => (r.vmId === id ? { ...r, targetPort: 2000 + rnd(100) } : r));
+          break;
+        case 3:
+          routes = routes.filter((_, i) => i !== rnd(routes.length + 1));
+          break;
+        default:
+          routes = [...routes, route(`rt_n${step}`, id, `n${step}`)].sort(() => rnd(3) - 1);
+      }
+    }
   });
 });

@@ -11,7 +11,8 @@ import { ROUTES_CHANNEL } from "../db/client.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
-import { buildDynamicConfig, type RouteLike, type TraefikSettings } from "./config-builder.ts";
+import { createConfigAssembler } from "./config-assembler.ts";
+import type { RouteLike, TraefikSettings } from "./config-builder.ts";
 
 /** One built configuration; the same routes and states always give the same `json` and `etag`. */
 export interface ConfigSnapshot {
@@ -104,7 +105,7 @@ function slim(r: RouteLike): RouteLike {
 export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   const { database, directory, config } = deps;
   const log = deps.log.child({ component: "traefik-config" });
-  const settings = traefikSettings(config);
+  const assembler = createConfigAssembler(traefikSettings(config));
   const resyncMs = deps.resyncMs ?? 5000;
 
   // Routes grouped by VM, so a notification (payload = VM id) re-reads only that VM's routes.
@@ -173,14 +174,11 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       const list = byVm.get(id);
       if (list) for (const r of list) routes.push(r);
     }
-    const doc = buildDynamicConfig(routes, vms, settings);
-    // The builder creates every object with sorted keys (a unit test holds it to stableStringify),
-    // so the native serializer gives the canonical bytes without a sorting pass over 100k routes.
-    const json = JSON.stringify(doc);
+    // Same bytes as JSON.stringify(buildDynamicConfig(...)), re-serializing only changed routes.
+    const { json, routers } = assembler.assemble(routes, vms);
     const now = Date.now();
     if (!lastError) lastSuccessAt = now;
     if (snapshot?.json === json) return;
-    const routers = Object.keys(doc.http.routers).length;
     snapshot = makeSnapshot(json, routers, now);
     log.debug("traefik config built", { routers, bytes: snapshot.body.length, etag: snapshot.etag });
   }
