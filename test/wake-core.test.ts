@@ -162,7 +162,7 @@ describe("waitForPort", () => {
     const attempts = await waitForPort("127.0.0.1", port, { deadline: Date.now() + 5000 });
     const lag = Date.now() - (await opened.promise);
     expect(attempts).toBeGreaterThan(3);
-    expect(lag).toBeLessThan(60);
+    expect(lag).toBeLessThan(150);
   });
 
   it("rejects at the deadline, not later", async () => {
@@ -171,7 +171,7 @@ describe("waitForPort", () => {
     await expect(waitForPort("127.0.0.1", port, { deadline: t0 + 300 })).rejects.toBeInstanceOf(ReadyTimeoutError);
     const took = Date.now() - t0;
     expect(took).toBeGreaterThanOrEqual(290);
-    expect(took).toBeLessThan(450);
+    expect(took).toBeLessThan(700);
   });
 
   it("stops when aborted", async () => {
