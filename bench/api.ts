@@ -11,10 +11,11 @@
  * Postgres: a fresh database on BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres),
  * dropped at the end; without Postgres only the PGlite rows are measured.
  * Options (env): BENCH_DURATION (seconds per throughput run, default 5), BENCH_CONNECTIONS (default 10),
- * BENCH_RATE (fixed rate, default 200).
+ * BENCH_RATE (fixed rate, default 200), BENCH_ROUNDS (interleaved throughput rounds, default 2).
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { cpus, loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 import { Hono } from "hono";
@@ -24,7 +25,7 @@ import { sql } from "drizzle-orm";
 import { createApp } from "../src/api/app.ts";
 import { createStaticKeyAuth } from "../src/api/auth.ts";
 import { testConfig } from "../src/config.ts";
-import { openDatabase, type Database } from "../src/db/client.ts";
+import { openDatabase, ROUTES_CHANNEL, type Database } from "../src/db/client.ts";
 import { silentLogger } from "../src/log.ts";
 import type { Vm, VmDirectory, VmPlatform } from "../src/vms/platform.ts";
 
@@ -41,7 +42,7 @@ const autocannon = createRequire(import.meta.url)("autocannon") as (opts: Record
 
 const KEY = "bench-key";
 const VM_ID = "vm_bench";
-type Kind = "ours-postgres" | "ours-pglite" | "baseline-postgres" | "baseline-pglite";
+type Kind = "ours-postgres" | "ours-pglite" | "baseline-postgres" | "baseline-postgres-notify" | "baseline-pglite";
 
 // ---------------------------------------------------------------- server side (child process)
 
@@ -81,6 +82,13 @@ function baselineApp(insert: (id: string, vmId: string, subdomain: string, port:
     const row = await insert(`rt_${randomBytes(8).toString("hex")}`, c.req.param("vm_id"), body.subdomain, body.target_port);
     return c.json(row, 201);
   });
+  let reported = false;
+  app.onError((err, c) => {
+    // Failures count as non-2xx in the table; say once why.
+    if (!reported) console.error(`baseline error: ${(err as Error).message}`);
+    reported = true;
+    return c.json({ error: "internal error" }, 500);
+  });
   return app;
 }
 
@@ -88,11 +96,13 @@ async function runServer(kind: Kind, url: string | undefined): Promise<void> {
   let app: { fetch: (req: Request) => Response | Promise<Response> };
   let database: Database | undefined;
   let client: postgres.Sql | undefined;
-  if (kind === "baseline-postgres") {
+  if (kind === "baseline-postgres" || kind === "baseline-postgres-notify") {
     client = postgres(url!, { max: 10, onnotice: () => {} });
     const c = client;
     app = baselineApp(async (id, vmId, subdomain, port) => {
       const [row] = await c`insert into routes (id, vm_id, subdomain, target_port) values (${id}, ${vmId}, ${subdomain}, ${port}) returning *`;
+      // Diagnostic variant: the NOTIFY the API sends after each write, as its own statement.
+      if (kind === "baseline-postgres-notify") await c.notify(ROUTES_CHANNEL, vmId);
       return row;
     });
   } else if (kind === "baseline-pglite") {
@@ -188,23 +198,58 @@ async function load(port: number, opts: { seconds: number; connections: number; 
   };
 }
 
-async function truncate(url: string | undefined): Promise<void> {
-  if (!url) return;
-  const c = postgres(url, { max: 1, onnotice: () => {} });
-  await c`truncate routes`;
-  await c.end({ timeout: 2 });
+interface Planned {
+  name: string;
+  kind: Kind;
+  /** The kind this one is compared with; "" for a baseline. */
+  baseline: Kind | "";
 }
 
-async function measure(kind: Kind, url: string | undefined, seconds: number, connections: number, rate: number) {
-  await truncate(url);
-  const s = await startServer(kind, url);
+interface Result {
+  throughput: Measured;
+  fixed: Measured;
+}
+
+/**
+ * All servers run side by side; throughput runs alternate between them for several rounds (order
+ * reversed every other round), so load from elsewhere on the machine hits baseline and ours alike.
+ */
+async function measureAll(plan: Planned[], pgUrl: string | undefined, o: { seconds: number; connections: number; rate: number; rounds: number }) {
+  const servers = new Map<Kind, Started>();
   try {
-    await load(s.port, { seconds: 1, connections }); // warm-up: JIT, connection pools
-    const throughput = await load(s.port, { seconds, connections });
-    const fixed = await load(s.port, { seconds, connections, rate });
-    return { throughput, fixed };
+    for (const p of plan) {
+      servers.set(p.kind, await startServer(p.kind, p.kind.includes("postgres") ? pgUrl : undefined));
+      await load(servers.get(p.kind)!.port, { seconds: 1, connections: o.connections }); // warm-up: JIT, pools
+    }
+    const runs = new Map<Kind, Measured[]>(plan.map((p) => [p.kind, []]));
+    for (let round = 0; round < o.rounds; round++) {
+      const order = round % 2 ? [...plan].reverse() : plan;
+      for (const p of order) {
+        console.error(`  round ${round + 1}/${o.rounds}: ${p.name} …`);
+        runs.get(p.kind)!.push(await load(servers.get(p.kind)!.port, { seconds: o.seconds, connections: o.connections }));
+      }
+    }
+    const results = new Map<Kind, Result>();
+    for (const p of plan) {
+      console.error(`  fixed rate ${o.rate} req/s: ${p.name} …`);
+      const fixed = await load(servers.get(p.kind)!.port, { seconds: o.seconds, connections: o.connections, rate: o.rate });
+      const r = runs.get(p.kind)!;
+      const mean = (f: (m: Measured) => number) => r.reduce((a, m) => a + f(m), 0) / r.length;
+      results.set(p.kind, {
+        throughput: {
+          rps: mean((m) => m.rps),
+          p50: mean((m) => m.p50),
+          p99: Math.max(...r.map((m) => m.p99)),
+          ok: mean((m) => m.ok),
+          non2xx: r.reduce((a, m) => a + m.non2xx, 0),
+          errors: r.reduce((a, m) => a + m.errors, 0),
+        },
+        fixed,
+      });
+    }
+    return results;
   } finally {
-    await stopServer(s);
+    await Promise.all([...servers.values()].map(stopServer));
   }
 }
 
@@ -230,26 +275,35 @@ async function main(): Promise<void> {
     console.error(`Postgres not available at ${adminUrl} (${(err as Error).message}): measuring PGlite only`);
   }
 
-  const rows: { name: string; baseline: string; m: Awaited<ReturnType<typeof measure>> }[] = [];
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
+  const loadAtStart = loadavg()[0]!.toFixed(1);
+  const plan: Planned[] = [];
+  if (pgUrl) {
+    plan.push(
+      { name: "baseline: Hono + postgres.js INSERT", kind: "baseline-postgres", baseline: "" },
+      { name: "(diagnostic) baseline + NOTIFY", kind: "baseline-postgres-notify", baseline: "baseline-postgres" },
+      { name: "hatch-proxy API on Postgres", kind: "ours-postgres", baseline: "baseline-postgres" },
+    );
+  }
+  plan.push(
+    { name: "baseline: Hono + PGlite INSERT", kind: "baseline-pglite", baseline: "" },
+    { name: "hatch-proxy API on PGlite", kind: "ours-pglite", baseline: "baseline-pglite" },
+  );
+  let results: Map<Kind, Result>;
   try {
-    console.error(`create-route benchmark: ${seconds}s per run, ${connections} connections, fixed rate ${rate} req/s`);
-    const plan: [string, Kind, string][] = [];
-    if (pgUrl) plan.push(["baseline: Hono + postgres.js INSERT", "baseline-postgres", ""], ["hatch-proxy API on Postgres", "ours-postgres", "baseline-postgres"]);
-    plan.push(["baseline: Hono + PGlite INSERT", "baseline-pglite", ""], ["hatch-proxy API on PGlite", "ours-pglite", "baseline-pglite"]);
-    for (const [name, kind, baseline] of plan) {
-      console.error(`  measuring ${name} …`);
-      rows.push({ name, baseline, m: await measure(kind, kind.endsWith("postgres") ? pgUrl : undefined, seconds, connections, rate) });
-    }
+    console.error(`create-route benchmark: ${rounds} rounds of ${seconds}s per target, ${connections} connections; then ${seconds}s at ${rate} req/s`);
+    results = await measureAll(plan, pgUrl, { seconds, connections, rate, rounds });
   } finally {
     if (pgUrl) await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
     await admin.end({ timeout: 2 });
   }
+  const rows = plan.map((p) => ({ ...p, m: results.get(p.kind)! }));
 
   const kindOf = (name: string) => rows.find((r) => r.name === name);
   const table = [
     ["target", "req/s", "p50 ms", "p99 ms", "ratio", `p50@${rate}`, `p99@${rate}`, "non-2xx", "errors"],
     ...rows.map((r) => {
-      const base = rows.find((b) => b.baseline === "" && b.name.includes(r.name.includes("Postgres") ? "postgres.js" : "PGlite"));
+      const base = rows.find((b) => b.kind === r.baseline);
       const ratio = r.baseline && base ? fmt(r.m.throughput.rps / base.m.throughput.rps, 2) : "1.00 (baseline)";
       return [
         r.name,
@@ -264,6 +318,9 @@ async function main(): Promise<void> {
       ];
     }),
   ];
+  const load1 = loadavg()[0]!.toFixed(1);
+  console.log(`\nmachine: ${cpus().length} cores, 1-min load average ${loadAtStart} at start, ${load1} at end (others' work skews absolute numbers; ratios come from interleaved runs)`);
+  console.log(`req/s and p50: mean of ${rounds} rounds; p99: the worst round; p50/p99@${rate}: one fixed-rate run`);
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   console.log("");
   for (const row of table) console.log(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  "));
