@@ -71,7 +71,7 @@ function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: 
   });
 }
 
-describe("hatch-proxy routes/vms through bin/hatch-proxy.js", () => {
+describe("hatch-proxy routes/vms through bin/hatch-proxy.js", { timeout: 60_000 }, () => {
   let vmId: string;
 
   it("creates a VM and a route with the local defaults and the key file, and exits 0", async () => {
