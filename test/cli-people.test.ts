@@ -296,6 +296,7 @@ describe("usage", () => {
     ["a missing positional", ["routes", "list"], `error: routes list: missing <vm>\n\n${listUsage}`],
     ["an extra positional", ["routes", "list", "a", "b"], `error: routes list: unexpected argument "b"\n\n${listUsage}`],
     ["an unknown option", ["routes", "list", "a", "--bogus"], `error: routes list: unknown option --bogus\n\n${listUsage}`],
+    ["a value that looks like an option", ["routes", "create", "vm_x", "--port", "80", "--subdomain", "-x"], `error: routes create: --subdomain needs a value (for one starting with "-", write --subdomain=<value>)\n\n${createUsage}`],
     ["a value for a flag", ["routes", "list", "a", "--json=yes"], `error: routes list: --json takes no value\n\n${listUsage}`],
     ["a bad --api-url", ["routes", "list", "a", "--api-url", "ftp://x"], `error: --api-url="ftp://x": expected an http:// or https:// URL\n\n${listUsage}`],
     ["a bad --restore-ms", ["vms", "create", "--restore-ms", "1s"], 'error: vms create: --restore-ms must be a whole number of milliseconds, not "1s"\n\nusage: hatch-proxy vms create [--port <port>]... [--restore-ms <ms>]\n(hatch-proxy vms create --help for the options)\n'],

@@ -161,7 +161,9 @@ function parseArgsMessage(err: unknown, command: string): string {
   const option = /'(-[^' ]+)/.exec(e.message ?? "")?.[1];
   if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && option) return `${command}: unknown option ${option}`;
   if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && option) {
-    return /argument missing/.test(e.message ?? "") ? `${command}: ${option} needs a value` : `${command}: ${option} takes no value`;
+    if (/argument missing/.test(e.message ?? "")) return `${command}: ${option} needs a value`;
+    if (/ambiguous/.test(e.message ?? "")) return `${command}: ${option} needs a value (for one starting with "-", write ${option}=<value>)`;
+    return `${command}: ${option} takes no value`;
   }
   return `${command}: ${e.message ?? String(err)}`;
 }
