@@ -8,6 +8,10 @@ import type { VmPlatform } from "../src/vms/platform.ts";
 import { createVmDirectory } from "../src/vms/directory.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "../src/wake/proxy.ts";
+import { createRouteCache } from "../src/wake/resolve.ts";
+import { ROUTES_CHANNEL } from "../src/db/client.ts";
+import { routes } from "../src/db/schema.ts";
+import { eq } from "drizzle-orm";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
 import { addRoute, cacheOnlyDirectory, call, EMPTY_SHA, sha256 } from "./helpers/wake-fixture.ts";
 
@@ -48,6 +52,32 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
     const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{") && l.split(" ")[0] === name);
     return line ? Number(line.split(" ").pop()) : NaN;
   }
+
+  it("route cache: fresh hits skip the database, expired ones are served while one re-read runs, NOTIFY clears", async () => {
+    let clock = 1_000;
+    const cache = createRouteCache(t.database, { ttlMs: 1000, log: silentLogger, now: () => clock });
+    try {
+      // The insert's own NOTIFY arrives asynchronously: let it land before the cache is probed.
+      const heard: string[] = [];
+      const stop = await t.database.listen(ROUTES_CHANNEL, (p) => heard.push(p));
+      const route = await addRoute(t.database, "vm_cache_1");
+      await expect.poll(() => heard).toContain("vm_cache_1");
+      await stop();
+      const moveTo = (vmId: string) => t.database.db.update(routes).set({ vmId }).where(eq(routes.id, route.id));
+      expect((await cache.get(route.subdomain))?.vmId).toBe("vm_cache_1");
+      await moveTo("vm_cache_2"); // behind the cache's back: no NOTIFY
+      expect((await cache.get(route.subdomain))?.vmId).toBe("vm_cache_1");
+      clock += 1001;
+      expect((await cache.get(route.subdomain))?.vmId).toBe("vm_cache_1");
+      await expect.poll(async () => (await cache.get(route.subdomain))?.vmId).toBe("vm_cache_2");
+      await moveTo("vm_cache_3");
+      await t.database.notify(ROUTES_CHANNEL, "vm_cache_3");
+      await expect.poll(async () => (await cache.get(route.subdomain))?.vmId).toBe("vm_cache_3");
+      expect(await cache.get("no-such-name")).toBeUndefined();
+    } finally {
+      await cache.close();
+    }
+  });
 
   describe("answers that are not the VM's", () => {
     let p: Awaited<ReturnType<typeof proxyWith>>;

@@ -32,7 +32,7 @@ export interface WakeDeps {
 export interface WakeProxyOptions {
   /** Serving HATCH_PROXY_ADDR directly (no Traefik in front): no wake secret, X-Forwarded-* not trusted. */
   embedded: boolean;
-  /** How long a route lookup is cached (NOTIFY clears it sooner). */
+  /** How long a route lookup is trusted before a background re-read (NOTIFY clears it sooner). Default 10 s. */
   routeCacheTtlMs?: number;
   /** Connect timeout to a running VM's port before answering 504. */
   connectTimeoutMs?: number;
@@ -99,7 +99,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
   const wakes = new SingleFlight<Woken>();
   const probes = new SingleFlight<number>();
   const refreshes = new SingleFlight<Vm | undefined>();
-  const routes = createRouteCache(database, { ttlMs: opts.routeCacheTtlMs ?? 2000, log });
+  const routes = createRouteCache(database, { ttlMs: opts.routeCacheTtlMs ?? 10_000, log });
   // A burst of replays (1,000 held requests) must not open 1,000 connections at once: the guest's
   // accept backlog would drop SYNs and cost a 1 s retransmit. Requests past the cap queue in the
   // agent and reuse kept-alive sockets.

@@ -52,9 +52,11 @@ export interface RouteCache {
 }
 
 /**
- * Caches route lookups for `ttlMs` (misses too, so unknown names cannot hammer the database).
- * Any write to the routes table (NOTIFY on ROUTES_CHANNEL, from any replica) clears the cache;
- * the TTL only bounds staleness if a notification is lost.
+ * Caches route lookups (misses too, so unknown names cannot hammer the database). Any write to the
+ * routes table (NOTIFY on ROUTES_CHANNEL, from any replica) clears the cache; the TTL only bounds
+ * staleness should a notification be lost. An expired entry is still answered at once while one
+ * background lookup refreshes it: the hot path never waits on the database (PGlite runs queries on
+ * the event loop), and a database outage does not take known routes down.
  */
 export function createRouteCache(database: Database, opts: { ttlMs: number; log: Logger; now?: () => number }): RouteCache {
   const now = opts.now ?? Date.now;
@@ -73,20 +75,26 @@ export function createRouteCache(database: Database, opts: { ttlMs: number; log:
       return undefined;
     });
 
+  const lookup = (subdomain: string) =>
+    lookups.run(subdomain, async () => {
+      const gen = generation;
+      const route = await getRouteBySubdomain(database, subdomain);
+      if (gen === generation && !closed) {
+        // Bounded so that a scan of random names cannot grow memory without limit.
+        if (entries.size >= 10_000 && !entries.has(subdomain)) entries.clear();
+        entries.set(subdomain, { route, expires: now() + opts.ttlMs });
+      }
+      return route;
+    });
+
   return {
     get(subdomain) {
       const hit = entries.get(subdomain);
-      if (hit && hit.expires > now()) return Promise.resolve(hit.route);
-      return lookups.run(subdomain, async () => {
-        const gen = generation;
-        const route = await getRouteBySubdomain(database, subdomain);
-        if (gen === generation && !closed) {
-          // Bounded so that a scan of random names cannot grow memory without limit.
-          if (entries.size >= 10_000) entries.clear();
-          entries.set(subdomain, { route, expires: now() + opts.ttlMs });
-        }
-        return route;
-      });
+      if (!hit) return lookup(subdomain);
+      if (hit.expires <= now() && !lookups.has(subdomain)) {
+        lookup(subdomain).catch((err: unknown) => opts.log.warn("route refresh failed; serving the cached route", { subdomain, err }));
+      }
+      return Promise.resolve(hit.route);
     },
     clear() {
       generation += 1;
