@@ -8,6 +8,7 @@ import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +21,9 @@ import { silentLogger } from "../src/log.ts";
 import { buildDynamicConfig, stableStringify } from "../src/traefik/config-builder.ts";
 import { makeSnapshot, traefikSettings, type ConfigService } from "../src/traefik/config-service.ts";
 import { traefikEndpoint } from "../src/traefik/endpoint.ts";
-import { traefikBinary } from "./helpers/env.ts";
+import postgres from "postgres";
+import { runPeopleCommand } from "../src/cli/people.ts";
+import { ADMIN_PG_URL, postgresEnabled, traefikBinary } from "./helpers/env.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const read = (name: string) => readFileSync(join(ROOT, name), "utf8");
@@ -523,5 +526,156 @@ describe.skipIf(!traefikBinary())("Traefik with compose.yaml's flags", () => {
     expect(test.slice(0, 2)).toEqual(["CMD", "traefik"]);
     const args = test.slice(2).map((a) => a.replace(/^(--entryPoints\.traefik\.address=).*$/i, `$1127.0.0.1:${ports.internal}`));
     expect(execFileSync(bin, args, { encoding: "utf8" })).toContain(`OK: http://127.0.0.1:${ports.internal}/ping`);
+  });
+});
+
+/**
+ * The compose topology without Docker: Postgres, `migrate`, `api`, `wake` and `sim` as separate
+ * processes of the real CLI with compose.yaml's environment, and Traefik with its flags. Compose
+ * host names and ports become free loopback ports (one host namespace here), everything else
+ * (secrets, base domain, timeouts) is taken from compose.yaml as is. Then the walkthrough: a VM,
+ * a route, a request through Traefik, a snapshot, and a request that wakes the VM.
+ */
+describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose topology, run natively", { timeout: 90_000 }, () => {
+  const bin = traefikBinary()!;
+  const cli = join(ROOT, "bin/hatch-proxy.js");
+  const children: { name: string; child: ChildProcess; log: () => string }[] = [];
+  const dbName = `hatch_compose_${process.pid}_${randomBytes(3).toString("hex")}`;
+  const admin = postgres(ADMIN_PG_URL, { max: 1, onnotice: () => {} });
+  let dir: string;
+  let envs: Record<"migrate" | "api" | "wake" | "sim", Env>;
+  let ports: Record<"api" | "wake" | "sim" | "web" | "internal", number>;
+
+  const freePort = async () => {
+    const s = createServer();
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+    const port = (s.address() as AddressInfo).port;
+    await new Promise<void>((r) => s.close(() => r()));
+    return port;
+  };
+  const start = (name: string, command: string, args: string[], env: Env) => {
+    let out = "";
+    const child = spawn(command, args, { cwd: dir, env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? dir, ...env } as NodeJS.ProcessEnv, stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout!.on("data", (c) => (out += c));
+    child.stderr!.on("data", (c) => (out += c));
+    children.push({ name, child, log: () => out });
+    return child;
+  };
+  const logs = () => children.map((c) => `--- ${c.name} (exit ${c.child.exitCode})\n${c.log().slice(-3000)}`).join("\n");
+  const getVia = (port: number, host: string, path = "/") =>
+    new Promise<{ status: number; headers: Record<string, unknown>; body: string }>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port, path, headers: { host } }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hatch-compose-native-"));
+    await admin.unsafe(`create database ${dbName}`);
+    const dbUrl = new URL(ADMIN_PG_URL);
+    dbUrl.pathname = `/${dbName}`;
+    ports = { api: await freePort(), wake: await freePort(), sim: await freePort(), web: await freePort(), internal: await freePort() };
+    const doc = effective();
+    const local = (name: "migrate" | "api" | "wake" | "sim"): Env => {
+      const env = envOf(doc.services[name]);
+      const moved: Env = {
+        ...env,
+        HATCH_LOG_LEVEL: "warn",
+        HATCH_DATA_DIR: join(dir, name),
+        ...(env.DATABASE_URL && { DATABASE_URL: dbUrl.toString() }),
+        ...(env.HATCH_HTTP_ADDR && { HATCH_HTTP_ADDR: `127.0.0.1:${ports.api}` }),
+        ...(env.HATCH_ROUTE_API_URL && { HATCH_ROUTE_API_URL: `http://127.0.0.1:${ports.api}` }),
+        ...(env.HATCH_WAKE_ADDR && { HATCH_WAKE_ADDR: `127.0.0.1:${ports.wake}` }),
+        ...(env.HATCH_WAKE_URL && { HATCH_WAKE_URL: `http://127.0.0.1:${ports.wake}` }),
+        ...(env.HATCH_SIM_ADDR && { HATCH_SIM_ADDR: `127.0.0.1:${ports.sim}`, HATCH_SIM_IP_PREFIX: "127.0.95", HATCH_SIM_RESTORE_MS: "300" }),
+        ...(env.HATCH_API_URL === "http://sim:8090" && { HATCH_API_URL: `http://127.0.0.1:${ports.sim}` }),
+      };
+      // Every compose address must have been moved: a leftover would dial a name that does not resolve here.
+      for (const [k, v] of Object.entries(moved)) expect(v ?? "", `${name} ${k}`).not.toMatch(/\b(api|sim|wake|postgres):\d/);
+      return moved;
+    };
+    envs = { migrate: local("migrate"), api: local("api"), wake: local("wake"), sim: local("sim") };
+
+    const migrate = start("migrate", process.execPath, [cli, ...commandOf(doc.services.migrate)], envs.migrate);
+    expect(await new Promise((r) => migrate.once("exit", r)), logs()).toBe(0);
+    start("sim", process.execPath, [cli, ...commandOf(doc.services.sim)], envs.sim);
+    start("api", process.execPath, [cli, ...commandOf(doc.services.api)], envs.api);
+    start("wake", process.execPath, [cli, ...commandOf(doc.services.wake)], envs.wake);
+    const flags = commandOf(doc.services.traefik).map((arg) =>
+      arg
+        .replace(/^--entryPoints\.web\.address=.*$/i, `--entryPoints.web.address=127.0.0.1:${ports.web}`)
+        .replace(/^--entryPoints\.traefik\.address=.*$/i, `--entryPoints.traefik.address=127.0.0.1:${ports.internal}`)
+        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`),
+    );
+    start("traefik", bin, flags, {});
+    // expect.poll works only inside a test: a plain poll for the start-up.
+    const status = async (url: string) => (await fetch(url, { signal: AbortSignal.timeout(2000) }).catch(() => undefined))?.status;
+    const waitFor = async (what: string, ok: () => Promise<boolean>, ms: number) => {
+      for (const deadline = Date.now() + ms; !(await ok()); ) {
+        if (Date.now() > deadline) throw new Error(`${what} not ready within ${ms} ms\n${logs()}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    };
+    await waitFor("api /readyz", async () => (await status(`http://127.0.0.1:${ports.api}/readyz`)) === 200, 60_000);
+    await waitFor("traefik /ping", async () => (await status(`http://127.0.0.1:${ports.internal}/ping`)) === 200, 20_000);
+    await waitFor("wake", async () => (await status(`http://127.0.0.1:${ports.wake}/`)) !== undefined, 20_000);
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const { child } of [...children].reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    await admin.unsafe(`drop database if exists ${dbName} with (force)`).catch(() => {});
+    await admin.end({ timeout: 2 });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The people commands as run inside the api container (its environment: HATCH_API_URL, HATCH_API_KEYS, HATCH_HTTP_ADDR). */
+  const people = async (argv: string[]) => {
+    let out = "";
+    let err = "";
+    const code = await runPeopleCommand(argv, envs.api, { out: (s) => (out += s), err: (s) => (err += s) });
+    return { code, out, err };
+  };
+
+  it("walks through: VM, route, a request through Traefik, snapshot, a request that wakes the VM", async () => {
+    const created = await people(["vms", "create", "--json"]);
+    expect(created.code, created.err).toBe(0);
+    const vmId = JSON.parse(created.out).id as string;
+    const route = await people(["routes", "create", vmId, "--port", "8080", "--subdomain", "myapp", "--json"]);
+    expect(route.code, route.err).toBe(0);
+    const routeId = JSON.parse(route.out).id as string;
+    const host = `myapp.${filledEnv.HATCH_PROXY_BASE_DOMAIN}`;
+
+    // Running VM: Traefik's own router for the route (after its next poll) reaches the guest.
+    await expect
+      .poll(async () => (await fetch(`http://127.0.0.1:${ports.internal}/api/http/routers/${routeId}@http`)).status, { timeout: 15_000, interval: 200 })
+      .toBe(200);
+    const direct = await getVia(ports.web, host, "/hello");
+    expect(direct.status, logs()).toBe(200);
+    expect(JSON.parse(direct.body)).toMatchObject({ vm_id: vmId, port: 8080, path: "/hello" });
+    expect(direct.headers["server-timing"]).toBeUndefined();
+
+    // Snapshot: once Traefik drops the router, the catch-all sends the request to the sidecar, which wakes the VM.
+    expect((await people(["vms", "snapshot", vmId])).code).toBe(0);
+    await expect
+      .poll(async () => (await fetch(`http://127.0.0.1:${ports.internal}/api/http/routers/${routeId}@http`)).status, { timeout: 15_000, interval: 200 })
+      .toBe(404);
+    const woken = await getVia(ports.web, host, "/again");
+    expect(woken.status, logs()).toBe(200);
+    expect(JSON.parse(woken.body)).toMatchObject({ vm_id: vmId, path: "/again" });
+    expect(String(woken.headers["server-timing"])).toMatch(/^wake;dur=\d+$/);
+    const vm = await people(["vms", "get", vmId, "--json"]);
+    expect(JSON.parse(vm.out)).toMatchObject({ state: "running", wake_count: 1 });
   });
 });
