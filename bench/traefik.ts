@@ -208,6 +208,9 @@ async function benchServe(service: ConfigService) {
     let base: Run | undefined;
     let ours: Run | undefined;
     const ratios: number[] = [];
+    // Warm-up (JIT) of both servers before anything is measured.
+    await autocannon(`http://127.0.0.1:${basePort}/`, 1);
+    await autocannon(`http://127.0.0.1:${(endpoint.address() as AddressInfo).port}/config`, 1);
     for (let round = 0; round < SERVE_ROUNDS; round++) {
       const b = await autocannon(`http://127.0.0.1:${basePort}/`, SERVE_SECONDS);
       const r = await autocannon(`http://127.0.0.1:${(endpoint.address() as AddressInfo).port}/config`, SERVE_SECONDS);

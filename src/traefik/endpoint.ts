@@ -81,26 +81,26 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
   if (expected) log.info("traefik config endpoint requires a bearer token (HATCH_TRAEFIK_TOKEN)");
   else log.info("HATCH_TRAEFIK_TOKEN is not set: the traefik config endpoint answers loopback clients only");
 
-  app.use("*", async (c, next) => {
+  /** The refusal for a request that may not read the config, or undefined when it may. */
+  const refuse = (c: Context): Response | undefined => {
     if (expected) {
       const result = bearerMatches(header(c, "authorization"), expected);
-      if (result !== "ok") {
-        log.warn("traefik config request refused", { reason: `${result} token` });
-        c.header("WWW-Authenticate", 'Bearer realm="hatch-proxy traefik config"');
-        return c.json({ error: result === "missing" ? "missing bearer token" : "invalid bearer token" }, 401);
-      }
-      return next();
+      if (result === "ok") return undefined;
+      log.warn("traefik config request refused", { reason: `${result} token` });
+      c.header("WWW-Authenticate", 'Bearer realm="hatch-proxy traefik config"');
+      return c.json({ error: result === "missing" ? "missing bearer token" : "invalid bearer token" }, 401);
     }
     const address = clientAddress(c);
     const relayed = FORWARDING_HEADERS.some((h) => header(c, h) !== undefined);
-    if (!isLoopback(address) || relayed) {
-      log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address });
-      return c.json({ error: "the traefik config is served to loopback clients only (set HATCH_TRAEFIK_TOKEN to allow others)" }, 403);
-    }
-    return next();
-  });
+    if (isLoopback(address) && !relayed) return undefined;
+    log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address });
+    return c.json({ error: "the traefik config is served to loopback clients only (set HATCH_TRAEFIK_TOKEN to allow others)" }, 403);
+  };
 
+  // One synchronous handler per path (no middleware chain): every poll is a single function call.
   const serve = (format: "json" | "yaml") => (c: Context) => {
+    const refused = refuse(c);
+    if (refused) return refused;
     const snap = service.current();
     if (!snap) {
       c.header("Retry-After", "1");
