@@ -335,6 +335,15 @@ describe("compose.yaml agrees with the code", () => {
     expect(() => effective(parseCompose(), { ...filledEnv, HATCH_WAKE_SECRET: "" })).toThrow(/HATCH_WAKE_SECRET/);
   });
 
+  it(".env.example's fill-in command covers exactly the required secrets it leaves empty", () => {
+    const loop = /^#\s+for v in ([A-Z_ ]+); do$/m.exec(ENV_EXAMPLE_TEXT);
+    expect(loop).not.toBeNull();
+    const required = new Set([...COMPOSE_TEXT.matchAll(/\$\{([A-Z_]+):\?/g)].map((m) => m[1]!));
+    const emptyRequired = Object.entries(dotenv).filter(([k, v]) => v === "" && required.has(k)).map(([k]) => k);
+    expect(loop![1]!.trim().split(/\s+/).sort()).toEqual(emptyRequired.sort());
+    expect(emptyRequired.sort()).toEqual(Object.keys(SECRETS).sort());
+  });
+
   const svc = (doc: Doc, name: string) => doc.services[name];
   const setEnv = (name: string, key: string, value: string | undefined) => (doc: Doc) => {
     svc(doc, name).environment = { ...svc(doc, name).environment, [key]: value };
