@@ -19,7 +19,7 @@ function fakeDirectory(initial: Vm[] = [], ready = true) {
     version++;
     for (const l of listeners) l();
   };
-  const dir: VmDirectory & { set(id: string, state: VmState, ip?: string): void; markReady(): void } = {
+  const dir: VmDirectory & { set(id: string, state: VmState, ip?: string): void; markReady(silently?: boolean): void } = {
     peek: (id) => vms.get(id),
     all: () => vms,
     refreshOne: async (id) => vms.get(id),
@@ -44,9 +44,9 @@ function fakeDirectory(initial: Vm[] = [], ready = true) {
       vms.set(id, { id, state, guest_ip: ip });
       changed();
     },
-    markReady() {
+    markReady(silently = false) {
       ready = true;
-      changed();
+      if (!silently) changed();
     },
   };
   return dir;
@@ -97,6 +97,14 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     expect(await res.json()).toEqual({ error: "traefik config not built yet: VM states not loaded yet" });
     dir.markReady();
     await expect.poll(async () => (await app.request("/config")).status).toBe(200);
+  });
+
+  it("builds once the directory is ready even when that fires no change event (empty platform)", async () => {
+    const dir = fakeDirectory([], false);
+    const service = await startService(t.database, dir, testConfig());
+    expect(service.current()).toBeUndefined();
+    dir.markReady(true);
+    await expect.poll(() => service.current()?.routers, { timeout: 1000, interval: 20 }).toBe(2);
   });
 
   it("answers 503 when the database fails before the first build, without the driver's message", async () => {

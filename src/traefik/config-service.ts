@@ -121,6 +121,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   let running: Promise<void> | undefined;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
+  let readyTimer: NodeJS.Timeout | undefined;
   let unlisten: (() => Promise<void>) | undefined;
   let unsubscribe: (() => void) | undefined;
 
@@ -241,6 +242,16 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       }
       wantFull = true;
       await kick();
+      if (!directory.ready) {
+        // A directory becoming ready without any VM change (e.g. an empty platform) fires no event.
+        readyTimer = setInterval(() => {
+          if (!directory.ready) return;
+          clearInterval(readyTimer);
+          wantBuild = true;
+          void kick();
+        }, 100);
+        readyTimer.unref();
+      }
       timer = setInterval(() => {
         wantFull = true;
         void kick();
@@ -250,6 +261,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     async stop() {
       stopped = true;
       if (timer) clearInterval(timer);
+      if (readyTimer) clearInterval(readyTimer);
       unsubscribe?.();
       await running?.catch(() => {});
       await unlisten?.().catch(() => {});
