@@ -22,6 +22,8 @@ describe("printTraefikConfig", () => {
     await insertRoute(t.database, { id: "rt_print", vmId: "vm_p", subdomain: "printed", targetPort: 5000 });
     await insertRoute(t.database, { id: "rt_sleep", vmId: "vm_s", subdomain: "asleep", targetPort: 5000 });
     server = createServer((req, res) => {
+      // No keep-alive: a pooled connection the server closes while PGlite starts would reset.
+      res.setHeader("connection", "close");
       seenAuth = req.headers.authorization;
       if (req.url === "/traefik/config" && served) {
         res.writeHead(served.status, { "content-type": "application/json" });
