@@ -125,6 +125,11 @@ async function runServer(kind: Kind, url: string | undefined): Promise<void> {
   }
   const server = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }, (info) => process.send!({ port: info.port }));
   process.on("message", async (msg) => {
+    if (msg === "cpu") {
+      const u = process.cpuUsage();
+      process.send!({ cpu: u.user + u.system });
+      return;
+    }
     if (msg !== "stop") return;
     server.close();
     await client?.end({ timeout: 2 });
@@ -161,6 +166,8 @@ function stopServer(s: Started): Promise<void> {
 
 interface Measured {
   rps: number;
+  /** Server CPU time (user + system) per answered request, in microseconds. */
+  cpuPerReq: number;
   p50: number;
   p99: number;
   ok: number;
@@ -170,8 +177,23 @@ interface Measured {
 
 let runCounter = 0;
 
+/** The server process's CPU time so far (µs): unlike req/s, CPU per request hardly depends on what else the machine runs. */
+function serverCpu(s: Started): Promise<number> {
+  return new Promise((resolve) => {
+    const onMessage = (m: unknown) => {
+      if (typeof (m as { cpu?: unknown })?.cpu !== "number") return;
+      s.child.off("message", onMessage);
+      resolve((m as { cpu: number }).cpu);
+    };
+    s.child.on("message", onMessage);
+    s.child.send("cpu");
+  });
+}
+
 /** One autocannon run of creates, each with a fresh subdomain. */
-async function load(port: number, opts: { seconds: number; connections: number; rate?: number }): Promise<Measured> {
+async function load(server: Started, opts: { seconds: number; connections: number; rate?: number }): Promise<Measured> {
+  const port = server.port;
+  const cpuBefore = await serverCpu(server);
   const tag = `b${process.pid.toString(36)}${(runCounter++).toString(36)}`;
   let n = 0;
   const result = await autocannon({
@@ -188,8 +210,10 @@ async function load(port: number, opts: { seconds: number; connections: number; 
       },
     ],
   });
+  const cpu = (await serverCpu(server)) - cpuBefore;
   return {
     rps: result.requests.average,
+    cpuPerReq: cpu / Math.max(1, result["2xx"] + result.non2xx),
     p50: result.latency.p50,
     p99: result.latency.p99,
     ok: result["2xx"],
@@ -219,25 +243,26 @@ async function measureAll(plan: Planned[], pgUrl: string | undefined, o: { secon
   try {
     for (const p of plan) {
       servers.set(p.kind, await startServer(p.kind, p.kind.includes("postgres") ? pgUrl : undefined));
-      await load(servers.get(p.kind)!.port, { seconds: 1, connections: o.connections }); // warm-up: JIT, pools
+      await load(servers.get(p.kind)!, { seconds: 1, connections: o.connections }); // warm-up: JIT, pools
     }
     const runs = new Map<Kind, Measured[]>(plan.map((p) => [p.kind, []]));
     for (let round = 0; round < o.rounds; round++) {
       const order = round % 2 ? [...plan].reverse() : plan;
       for (const p of order) {
         console.error(`  round ${round + 1}/${o.rounds}: ${p.name} …`);
-        runs.get(p.kind)!.push(await load(servers.get(p.kind)!.port, { seconds: o.seconds, connections: o.connections }));
+        runs.get(p.kind)!.push(await load(servers.get(p.kind)!, { seconds: o.seconds, connections: o.connections }));
       }
     }
     const results = new Map<Kind, Result>();
     for (const p of plan) {
       console.error(`  fixed rate ${o.rate} req/s: ${p.name} …`);
-      const fixed = await load(servers.get(p.kind)!.port, { seconds: o.seconds, connections: o.connections, rate: o.rate });
+      const fixed = await load(servers.get(p.kind)!, { seconds: o.seconds, connections: o.connections, rate: o.rate });
       const r = runs.get(p.kind)!;
       const mean = (f: (m: Measured) => number) => r.reduce((a, m) => a + f(m), 0) / r.length;
       results.set(p.kind, {
         throughput: {
           rps: mean((m) => m.rps),
+          cpuPerReq: mean((m) => m.cpuPerReq),
           p50: mean((m) => m.p50),
           p99: Math.max(...r.map((m) => m.p99)),
           ok: mean((m) => m.ok),
@@ -301,7 +326,7 @@ async function main(): Promise<void> {
 
   const kindOf = (name: string) => rows.find((r) => r.name === name);
   const table = [
-    ["target", "req/s", "p50 ms", "p99 ms", "ratio", `p50@${rate}`, `p99@${rate}`, "non-2xx", "errors"],
+    ["target", "req/s", "p50 ms", "p99 ms", "ratio", "CPU µs/req", "CPU ratio", `p50@${rate}`, `p99@${rate}`, "non-2xx", "errors"],
     ...rows.map((r) => {
       const base = rows.find((b) => b.kind === r.baseline);
       const ratio = r.baseline && base ? fmt(r.m.throughput.rps / base.m.throughput.rps, 2) : "1.00 (baseline)";
@@ -311,6 +336,8 @@ async function main(): Promise<void> {
         fmt(r.m.throughput.p50, 1),
         fmt(r.m.throughput.p99, 1),
         ratio,
+        fmt(r.m.throughput.cpuPerReq),
+        r.baseline && base ? fmt(base.m.throughput.cpuPerReq / r.m.throughput.cpuPerReq, 2) : "1.00",
         fmt(r.m.fixed.p50, 1),
         fmt(r.m.fixed.p99, 1),
         String(r.m.throughput.non2xx + r.m.fixed.non2xx),
@@ -321,6 +348,7 @@ async function main(): Promise<void> {
   const load1 = loadavg()[0]!.toFixed(1);
   console.log(`\nmachine: ${cpus().length} cores, 1-min load average ${loadAtStart} at start, ${load1} at end (others' work skews absolute numbers; ratios come from interleaved runs)`);
   console.log(`req/s and p50: mean of ${rounds} rounds; p99: the worst round; p50/p99@${rate}: one fixed-rate run`);
+  console.log("ratio: ours/baseline req/s; CPU ratio: baseline/ours server CPU per request (the throughput ratio the CPU cost allows on an idle machine)");
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   console.log("");
   for (const row of table) console.log(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  "));
@@ -329,7 +357,7 @@ async function main(): Promise<void> {
   const base = kindOf("baseline: Hono + postgres.js INSERT");
   if (ours && base) {
     const ratio = ours.m.throughput.rps / base.m.throughput.rps;
-    console.log(`goal: throughput ratio on Postgres >= 0.70: ${fmt(ratio, 2)} ${ratio >= 0.7 ? "MET" : "NOT MET"}`);
+    console.log(`goal: throughput ratio on Postgres >= 0.70: ${fmt(ratio, 2)} ${ratio >= 0.7 ? "MET" : "NOT MET"} (CPU-per-request ratio ${fmt(base.m.throughput.cpuPerReq / ours.m.throughput.cpuPerReq, 2)})`);
     console.log(`goal: p99 < 20 ms at ${rate} req/s on Postgres: ${fmt(ours.m.fixed.p99, 1)} ms ${ours.m.fixed.p99 < 20 ? "MET" : "NOT MET"}`);
   }
   const lite = kindOf("hatch-proxy API on PGlite");
