@@ -54,8 +54,8 @@ async function guestMode() {
 }
 
 /** Fires `n` concurrent POSTs with distinct bodies at once; prints timings and errors as JSON. */
-async function coldClientMode(url: string, host: string, n: number) {
-  const bodies = Array.from({ length: n }, () => randomBytes(BODY_BYTES));
+async function coldClientMode(url: string, host: string, n: number, bodyBytes: number) {
+  const bodies = Array.from({ length: n }, () => randomBytes(bodyBytes));
   const hashes = bodies.map((b) => createHash("sha256").update(b).digest("hex"));
   const t0 = performance.now();
   const done: number[] = [];
@@ -71,7 +71,7 @@ async function coldClientMode(url: string, host: string, n: number) {
             if (samples.length < 3) samples.push(why);
             resolve();
           };
-          const req = request(url, { method: "POST", agent: false, headers: { host, "content-length": body.length } }, (res) => {
+          const req = request(url, { method: bodyBytes ? "POST" : "GET", agent: false, headers: bodyBytes ? { host, "content-length": body.length } : { host } }, (res) => {
             const chunks: Buffer[] = [];
             res.on("data", (c: Buffer) => chunks.push(c));
             res.on("error", (e) => fail(e.message));
@@ -85,7 +85,7 @@ async function coldClientMode(url: string, host: string, n: number) {
           });
           req.on("error", (e) => fail(e.message));
           req.on("finish", () => sent.push(performance.now() - t0));
-          req.end(body);
+          req.end(bodyBytes ? body : undefined);
         }),
     ),
   );
@@ -222,7 +222,7 @@ async function hotPath(): Promise<HotRow[]> {
   }
 }
 
-async function coldPath(ns: number[]) {
+async function coldPath(runs: { n: number; bodyBytes: number }[]) {
   // The VMs live in their own process (as real VMs would): their restore timers and the guest's
   // hashing of 64 MB must not run on the sidecar's event loop.
   const simChild = tsx(["--sim"]);
@@ -248,9 +248,9 @@ async function coldPath(ns: number[]) {
     return m.heapUsed + m.arrayBuffers;
   };
   try {
-    for (const n of ns) {
+    for (const [i, { n, bodyBytes }] of runs.entries()) {
       const vm = await api("POST", "/vms", { restore_ms: RESTORE_MS });
-      await insertRoute(database, { id: `rt_cold${n}`, vmId: vm.id, subdomain: `cold${n}`, targetPort: 8080, autoWake: true });
+      await insertRoute(database, { id: `rt_cold${i}`, vmId: vm.id, subdomain: `cold${i}`, targetPort: 8080, autoWake: true });
       await api("POST", `/vms/${vm.id}/snapshot`);
       const wakeBefore = await wakeSeconds();
       global.gc?.();
@@ -262,11 +262,12 @@ async function coldPath(ns: number[]) {
         peakRss = Math.max(peakRss, process.memoryUsage.rss());
         peakHeld = Math.max(peakHeld, held());
       }, 5);
-      const client = tsx(["--cold-client", server.url + "/", `cold${n}.hatch.local`, String(n)]);
+      const client = tsx(["--cold-client", server.url + "/", `cold${i}.hatch.local`, String(n), String(bodyBytes)]);
       const result = JSON.parse(await firstLine(client)) as { first: number; last: number; allSent: number; errors: number; samples: string[] };
       clearInterval(sampler);
       rows.push({
         n,
+        bodyBytes,
         restores: (await api("GET", `/vms/${vm.id}`)).wake_count,
         errors: result.errors,
         firstMinusRestore: result.first - RESTORE_MS,
@@ -298,7 +299,14 @@ async function main() {
   const parts = (process.env.BENCH_PARTS ?? "hot,cold").split(",");
   const hot = parts.includes("hot") ? await hotPath() : [];
   if (hot.length) printHot(hot);
-  const cold = parts.includes("cold") ? await coldPath([1, 100, 1000]) : [];
+  const cold = parts.includes("cold")
+    ? await coldPath([
+        { n: 1, bodyBytes: BODY_BYTES },
+        { n: 100, bodyBytes: BODY_BYTES },
+        { n: 1000, bodyBytes: BODY_BYTES },
+        { n: 1000, bodyBytes: 0 },
+      ])
+    : [];
   if (cold.length) printCold(cold);
   const bad = cold.filter((r) => r.restores !== 1 || r.errors !== 0);
   if (bad.length || hot.some((r) => r.errors)) {
@@ -326,11 +334,11 @@ function printHot(hot: HotRow[]) {
 }
 
 function printCold(cold: Awaited<ReturnType<typeof coldPath>>) {
-  console.log(`\nCold path (one sleeping VM, restore ${RESTORE_MS} ms, POST with distinct ${BODY_BYTES / 1024} KiB bodies, client in its own process)`);
-  console.log("N      restores  errors  wake ms  all sent ms  first−restore ms  last−restore ms  peak RSS MiB (+growth)  peak heap+buffers growth MiB");
+  console.log(`\nCold path (one sleeping VM per run, restore ${RESTORE_MS} ms; POSTs with distinct ${BODY_BYTES / 1024} KiB bodies, or GETs; client in its own process)`);
+  console.log("N/body      restores  errors  wake ms  all sent ms  first−restore ms  last−restore ms  peak RSS MiB (+growth)  peak heap+buffers growth MiB");
   for (const r of cold) {
     console.log(
-      `${String(r.n).padEnd(6)} ${String(r.restores).padStart(8)}  ${String(r.errors).padStart(6)}  ${fmt(r.wakeMs, 0).padStart(7)}  ${fmt(r.allSent, 0).padStart(11)}  ${fmt(r.firstMinusRestore).padStart(16)}  ${fmt(r.lastMinusRestore).padStart(15)}  ${fmt(r.peakRssMiB, 0).padStart(7)} (+${fmt(r.rssGrowthMiB, 0)})  ${fmt(r.heldGrowthMiB, 0).padStart(10)}`,
+      `${`${r.n}/${r.bodyBytes ? `${r.bodyBytes / 1024}K` : "GET"}`.padEnd(11)} ${String(r.restores).padStart(8)}  ${String(r.errors).padStart(6)}  ${fmt(r.wakeMs, 0).padStart(7)}  ${fmt(r.allSent, 0).padStart(11)}  ${fmt(r.firstMinusRestore).padStart(16)}  ${fmt(r.lastMinusRestore).padStart(15)}  ${fmt(r.peakRssMiB, 0).padStart(7)} (+${fmt(r.rssGrowthMiB, 0)})  ${fmt(r.heldGrowthMiB, 0).padStart(10)}`,
     );
     if (r.samples.length) console.log(`       errors e.g.: ${r.samples.join(" | ")}`);
   }
@@ -340,5 +348,5 @@ function printCold(cold: Awaited<ReturnType<typeof coldPath>>) {
 const mode = process.argv[2];
 if (mode === "--guest") await guestMode();
 else if (mode === "--sim") await simMode();
-else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
+else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]), Number(process.argv[6]));
 else await main();
