@@ -70,6 +70,8 @@ function withBodyFraming(headers: string[], req: IncomingMessage, body: Buffer |
  * Resolves when the response head was relayed or the attempt failed before anything was relayed.
  */
 export function forwardRequest(req: IncomingMessage, res: ServerResponse, target: Target, opts: ForwardOptions): Promise<ForwardResult> {
+  // Nothing is sent for a client that has already left (a replay after it gave up, say).
+  if (res.destroyed) return Promise.resolve({ ok: false, reason: "client-gone" });
   return new Promise((resolve) => {
     let settled = false;
     let connected = false;
@@ -162,6 +164,7 @@ export function forwardUpgrade(
   target: Target,
   opts: Omit<ForwardOptions, "agent" | "body">,
 ): Promise<UpgradeResult> {
+  if (client.destroyed) return Promise.resolve({ ok: false, reason: "client-gone" });
   return new Promise((resolve) => {
     let settled = false;
     let connected = false;

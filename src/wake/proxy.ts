@@ -111,6 +111,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
   // Everyone who must hear about close(): held requests and running wakes.
   const closers = new Set<() => void>();
   const tunnels = new Set<Duplex>();
+  const closing = new AbortController();
   let closed = false;
 
   const refresh = (vmId: string) => refreshes.run(vmId, () => directory.refreshOne(vmId));
@@ -249,7 +250,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     if (woken.port === port) return woken;
     const key = `${woken.vm.guest_ip}:${port}`;
     try {
-      await probes.run(key, () => waitForPort(woken.vm.guest_ip, port, { deadline: woken.deadline }));
+      await probes.run(key, () => waitForPort(woken.vm.guest_ip, port, { deadline: woken.deadline, signal: closing.signal }));
     } catch {
       throw new FailureError({ status: 504, error: timeoutText });
     }
@@ -340,6 +341,11 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     body?.catch(() => {});
     const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) ? config.wakePageAfterMs : 0;
     const onGone = (cb: () => void) => {
+      // The client may have left while the route was being resolved: 'close' has already fired.
+      if (res.destroyed) {
+        queueMicrotask(cb);
+        return () => {};
+      }
       const listener = () => {
         if (!res.writableFinished) cb();
       };
@@ -491,6 +497,10 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
       if (decision.kind === "fail") return rawFailure(socket, decision.failure, extra);
       if (decision.kind === "wake") {
         const onGone = (cb: () => void) => {
+          if (socket.destroyed) {
+            queueMicrotask(cb);
+            return () => {};
+          }
           socket.once("close", cb);
           return () => socket.off("close", cb);
         };
@@ -582,6 +592,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     async close() {
       if (closed) return;
       closed = true;
+      closing.abort(new ShuttingDownError());
       for (const c of [...closers]) c();
       for (const s of tunnels) s.destroy();
       agent.destroy();
