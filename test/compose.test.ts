@@ -677,9 +677,12 @@ describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose top
 
     // Snapshot: once Traefik drops the router, the catch-all sends the request to the sidecar, which wakes the VM.
     expect((await people(["vms", "snapshot", vmId])).code).toBe(0);
+    const snapshotAt = Date.now();
     await expect
       .poll(async () => (await fetch(`http://127.0.0.1:${ports.internal}/api/http/routers/${routeId}@http`)).status, { timeout: 15_000, interval: 200 })
       .toBe(404);
+    // HATCH_VM_SYNC_INTERVAL (1s in .env.example) + one poll (1s) + the throttle (0.5s), with slack for a busy machine.
+    expect(Date.now() - snapshotAt).toBeLessThan(8000);
     const woken = await getVia(ports.web, host, "/again");
     expect(woken.status, logs()).toBe(200);
     expect(JSON.parse(woken.body)).toMatchObject({ vm_id: vmId, path: "/again" });
