@@ -3,7 +3,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { serve, type ServerType } from "@hono/node-server";
 import { testConfig, type Config } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
-import { deleteRoute, insertRoute } from "../src/db/routes.repo.ts";
+import { deleteRoute, insertRoute, listAllRoutes } from "../src/db/routes.repo.ts";
+import { sql } from "drizzle-orm";
+import { routesFingerprint, rowFingerprint } from "../src/traefik/routes-fingerprint.ts";
 import { silentLogger } from "../src/log.ts";
 import { createConfigService, type ConfigService } from "../src/traefik/config-service.ts";
 import { traefikEndpoint } from "../src/traefik/endpoint.ts";
@@ -176,6 +178,43 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     expect(await (await app.request("/config")).text()).toContain("rt_afterbreak");
     await deleteRoute(t.database, "rt_lastgood");
     await deleteRoute(t.database, "rt_afterbreak");
+  });
+
+  it("computes the same routes fingerprint in SQL and in JS", async () => {
+    await insertRoute(t.database, { id: "rt_fp1", vmId: "vm_fp", subdomain: "fp-one", targetPort: 65535 });
+    await insertRoute(t.database, { id: "rt_fp2", vmId: "vm_fp2", subdomain: "fp-two", targetPort: 1 });
+    const rows = await listAllRoutes(t.database);
+    const js = rows.reduce((n, r) => n + rowFingerprint(r), 0);
+    expect(await routesFingerprint(t.database)).toEqual({ count: rows.length, sum: js });
+    expect(rows.length).toBeGreaterThanOrEqual(2);
+    await deleteRoute(t.database, "rt_fp1");
+    await deleteRoute(t.database, "rt_fp2");
+  });
+
+  it("heals a lost notification at the periodic check, and re-reads nothing while nothing changed", async () => {
+    let selects = 0;
+    const counted = {
+      ...t.database,
+      db: new Proxy(t.database.db, {
+        get(target, prop, receiver) {
+          if (prop === "select") selects++;
+          return Reflect.get(target, prop, receiver);
+        },
+      }),
+      // No LISTEN: every change is "lost", only the periodic check can find it.
+      listen: async () => async () => {},
+    } as Database;
+    const dir = fakeDirectory([{ id: "vm_lost", state: "running", guest_ip: "127.0.1.6" }]);
+    const service = await startService(counted, dir, testConfig(), 50);
+    expect(selects).toBe(1);
+    await new Promise((r) => setTimeout(r, 400));
+    // Several checks ran (one aggregate query each) without a full re-read.
+    expect(selects).toBe(1);
+    await t.database.db.execute(sql`insert into routes (id, vm_id, subdomain, target_port) values ('rt_lost', 'vm_lost', 'lost-notify', 8080)`);
+    await expect.poll(() => service.current()!.json.includes("rt_lost"), { timeout: 2000, interval: 20 }).toBe(true);
+    expect(selects).toBe(2);
+    await deleteRoute(t.database, "rt_lost");
+    await expect.poll(() => service.current()!.json.includes("rt_lost"), { timeout: 2000, interval: 20 }).toBe(false);
   });
 
   it.runIf(kind === "postgres")("converges two instances on one Postgres within 1 s of a write", async () => {

@@ -13,6 +13,7 @@ import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
 import { createConfigAssembler } from "./config-assembler.ts";
 import type { RouteLike, TraefikSettings } from "./config-builder.ts";
+import { routesFingerprint, rowFingerprint, type Fingerprint } from "./routes-fingerprint.ts";
 
 /** One built configuration; the same routes and states always give the same `json` and `etag`. */
 export interface ConfigSnapshot {
@@ -55,7 +56,7 @@ export interface ConfigServiceDeps {
   directory: VmDirectory;
   config: Config;
   log: Logger;
-  /** Full re-read interval that heals lost notifications (default 5 s). */
+  /** Interval of the fingerprint check that heals lost notifications with a full re-read (default 5 s). */
   resyncMs?: number;
 }
 
@@ -110,12 +111,16 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
 
   // Routes grouped by VM, so a notification (payload = VM id) re-reads only that VM's routes.
   let byVm: Map<string, RouteLike[]> | undefined;
+  // The cache's fingerprint, kept in step with byVm (see routes-fingerprint.ts).
+  let fp: Fingerprint = { count: 0, sum: 0 };
+  const vmFp = new Map<string, Fingerprint>();
   let snapshot: ConfigSnapshot | undefined;
   let lastError: string | undefined;
   let lastSuccessAt: number | undefined;
   let reason = "starting";
 
   let wantFull = false;
+  let wantCheck = false;
   const wantVms = new Set<string>();
   let wantBuild = false;
   let running: Promise<void> | undefined;
@@ -131,16 +136,34 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     if (!snapshot) reason = publicReason;
   }
 
+  /** Replaces one VM's routes in the cache and in its fingerprint. */
+  function setVm(vmId: string, list: RouteLike[] | undefined) {
+    const old = vmFp.get(vmId);
+    if (old) fp = { count: fp.count - old.count, sum: fp.sum - old.sum };
+    if (!list?.length) {
+      byVm!.delete(vmId);
+      vmFp.delete(vmId);
+      return;
+    }
+    byVm!.set(vmId, list);
+    const mine = { count: list.length, sum: list.reduce((n, r) => n + rowFingerprint(r), 0) };
+    vmFp.set(vmId, mine);
+    fp = { count: fp.count + mine.count, sum: fp.sum + mine.sum };
+  }
+
   async function loadAll(): Promise<boolean> {
     try {
       const rows = await listAllRoutes(database);
-      const next = new Map<string, RouteLike[]>();
+      const grouped = new Map<string, RouteLike[]>();
       for (const r of rows) {
-        const list = next.get(r.vmId);
+        const list = grouped.get(r.vmId);
         if (list) list.push(slim(r));
-        else next.set(r.vmId, [slim(r)]);
+        else grouped.set(r.vmId, [slim(r)]);
       }
-      byVm = next;
+      byVm = new Map();
+      vmFp.clear();
+      fp = { count: 0, sum: 0 };
+      for (const [vmId, list] of grouped) setVm(vmId, list);
       return true;
     } catch (err) {
       fail("database unavailable", err);
@@ -151,8 +174,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   async function loadVm(vmId: string): Promise<boolean> {
     try {
       const rows = await listRoutesByVm(database, vmId);
-      if (rows.length) byVm!.set(vmId, rows.map(slim));
-      else byVm!.delete(vmId);
+      setVm(vmId, rows.map(slim));
       return true;
     } catch (err) {
       fail("database unavailable", err);
@@ -184,11 +206,27 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     log.debug("traefik config built", { routers, bytes: snapshot.body.length, etag: snapshot.etag });
   }
 
+  /** The periodic check: a full re-read only when the table differs from the cache (a lost NOTIFY). */
+  async function check(): Promise<{ ok: boolean; read: boolean }> {
+    let db: Fingerprint;
+    try {
+      db = await routesFingerprint(database);
+    } catch (err) {
+      fail("database unavailable", err);
+      return { ok: false, read: false };
+    }
+    if (db.count === fp.count && db.sum === fp.sum) return { ok: true, read: false };
+    log.info("routes changed without a notification reaching this replica; re-reading all", { routes: db.count });
+    return { ok: await loadAll(), read: true };
+  }
+
   async function drain(): Promise<void> {
-    while (!stopped && (wantFull || wantVms.size || wantBuild)) {
+    while (!stopped && (wantFull || wantVms.size || wantBuild || wantCheck)) {
       let readOk = true;
+      let read = true;
       if (wantFull || !byVm) {
         wantFull = false;
+        wantCheck = false;
         // Changes announced while the full read runs are re-read afterwards, so none is lost.
         wantVms.clear();
         readOk = await loadAll();
@@ -196,6 +234,9 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
         const vms = [...wantVms];
         wantVms.clear();
         for (const id of vms) if (!(readOk = await loadVm(id))) break;
+      } else if (wantCheck) {
+        wantCheck = false;
+        ({ ok: readOk, read } = await check());
       }
       if (!readOk) {
         // The change is unknown: the periodic resync re-reads everything. VM state changes still
@@ -204,6 +245,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
         wantVms.clear();
         if (!wantBuild) return;
       } else lastError = undefined;
+      if (!read && !wantBuild && snapshot) continue;
       wantBuild = false;
       build();
       if (!readOk) return;
@@ -253,7 +295,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
         readyTimer.unref();
       }
       timer = setInterval(() => {
-        wantFull = true;
+        wantCheck = true;
         void kick();
       }, resyncMs);
       timer.unref();
