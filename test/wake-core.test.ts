@@ -1,7 +1,9 @@
 /** The wake sidecar's socket-free core: single flight, waiter cap, Host parsing, page, sizes; plus the port probe. */
+import type { IncomingMessage } from "node:http";
 import { createServer, type Server } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { formatBytes, bodyTooLargeMessage } from "../src/wake/body.ts";
+import { downstreamResponseHeaders, upstreamRequestHeaders } from "../src/wake/headers.ts";
 import { escapeHtml, wakingPage } from "../src/wake/page.ts";
 import { ReadyTimeoutError, waitForPort } from "../src/wake/ready.ts";
 import { isValidLabel, subdomainOf } from "../src/wake/resolve.ts";
@@ -179,5 +181,51 @@ describe("waitForPort", () => {
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error("closing")), 50);
     await expect(waitForPort("127.0.0.1", port, { deadline: Date.now() + 5000, signal: ac.signal })).rejects.toThrow("closing");
+  });
+});
+
+describe("header rules", () => {
+  const fakeReq = (raw: string[], remote = "::ffff:10.0.0.7") => {
+    const headers: Record<string, string> = {};
+    for (let i = 0; i < raw.length; i += 2) headers[raw[i]!.toLowerCase()] = raw[i + 1]!;
+    return { rawHeaders: raw, headers, socket: { remoteAddress: remote } } as unknown as IncomingMessage;
+  };
+  const asObject = (list: string[]) => {
+    const o: Record<string, string[]> = {};
+    for (let i = 0; i < list.length; i += 2) (o[list[i]!] ??= []).push(list[i + 1]!);
+    return o;
+  };
+
+  it("drops hop-by-hop, Connection-named, secret and Expect headers; keeps Host and repeats; appends X-Forwarded-For", () => {
+    const req = fakeReq([
+      "Host", "App.hatch.local", "Connection", "keep-alive, X-Trace", "X-Trace", "1", "TE", "trailers",
+      "Transfer-Encoding", "chunked", "X-Hatch-Wake-Secret", "s", "Expect", "100-continue", "Cookie", "a=1",
+      "Cookie", "b=2", "X-Forwarded-For", "203.0.113.9", "X-Forwarded-Proto", "https", "X-Forwarded-Host", "front.example",
+    ]);
+    expect(asObject(upstreamRequestHeaders(req, { trustForwarded: true }))).toEqual({
+      Host: ["App.hatch.local"],
+      Cookie: ["a=1", "b=2"],
+      "X-Forwarded-For": ["203.0.113.9, 10.0.0.7"],
+      "X-Forwarded-Proto": ["https"],
+      "X-Forwarded-Host": ["front.example"],
+    });
+    // Untrusted (embedded): the client's own X-Forwarded-* are replaced, not extended.
+    expect(asObject(upstreamRequestHeaders(req, { trustForwarded: false }))).toMatchObject({
+      "X-Forwarded-For": ["10.0.0.7"],
+      "X-Forwarded-Proto": ["http"],
+      "X-Forwarded-Host": ["App.hatch.local"],
+    });
+    expect(asObject(upstreamRequestHeaders(fakeReq(["Host", "a.hatch.local", "Connection", "Upgrade", "Upgrade", "websocket"]), { trustForwarded: false, upgrade: true }))).toMatchObject({
+      Connection: ["Upgrade"],
+      Upgrade: ["websocket"],
+    });
+  });
+
+  it("drops hop-by-hop response headers and adds the extras", () => {
+    const out = downstreamResponseHeaders(
+      ["Content-Type", "text/plain", "Connection", "keep-alive, X-Internal", "Keep-Alive", "timeout=5", "X-Internal", "x", "Transfer-Encoding", "chunked", "Set-Cookie", "a=1", "Set-Cookie", "b=2"],
+      ["Server-Timing", "wake;dur=12"],
+    );
+    expect(asObject(out)).toEqual({ "Content-Type": ["text/plain"], "Set-Cookie": ["a=1", "b=2"], "Server-Timing": ["wake;dur=12"] });
   });
 });

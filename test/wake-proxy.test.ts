@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { testConfig, type Config } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
-import type { VmPlatform } from "../src/vms/platform.ts";
+import { PlatformUnavailableError, WakeError, type VmPlatform } from "../src/vms/platform.ts";
 import { createVmDirectory } from "../src/vms/directory.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "../src/wake/proxy.ts";
@@ -341,6 +341,54 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
       const r = await call(p.url, { host });
       expect(r.status).toBe(200);
       expect(sim.getVm(vm.id)!.state).toBe("running");
+    });
+
+    it("a VM already starting (woken by someone else) is waited for, not woken again", async () => {
+      const p = await proxyWith();
+      const vm = await sim.createVm({ restore_ms: 400 });
+      const host = `${(await addRoute(t.database, vm.id)).subdomain}.${BASE}`;
+      await sim.snapshot(vm.id);
+      const restoring = sim.restore(vm.id);
+      expect(sim.getVm(vm.id)!.state).toBe("starting");
+      const r = await call(p.url, { host });
+      expect(r.status).toBe(200);
+      expect(r.headers["x-hatch-cold-start"]).toBe("1");
+      expect(p.counted.wakeCalls).toBe(0);
+      await restoring;
+      expect(sim.getVm(vm.id)!.wake_count).toBe(1);
+    });
+
+    it("a platform that cannot start a stopped VM → 503 with its reason; an unreachable platform → 503", async () => {
+      const config = testConfig({ baseDomain: BASE, wakePageAfterMs: 0 });
+      const vm = await sim.createVm();
+      const host = `${(await addRoute(t.database, vm.id)).subdomain}.${BASE}`;
+      await sim.stop(vm.id);
+      const noStart: VmPlatform = {
+        ...sim.platform,
+        kind: "hatch",
+        wake: async () => {
+          throw new WakeError("unsupported", "vm is stopped and this platform cannot start it");
+        },
+      };
+      const a = createWakeProxy({ config, database: t.database, platform: noStart, directory: cacheOnlyDirectory(noStart), log: silentLogger }, { embedded: true });
+      const sa = await startWakeServer(a, { host: "127.0.0.1", port: 0 });
+      const down: VmPlatform = {
+        ...sim.platform,
+        get: async () => {
+          throw new PlatformUnavailableError("VM platform unavailable: GET /vms/x failed (ECONNREFUSED)");
+        },
+      };
+      const b = createWakeProxy({ config, database: t.database, platform: down, directory: cacheOnlyDirectory(down), log: silentLogger }, { embedded: true });
+      const sb = await startWakeServer(b, { host: "127.0.0.1", port: 0 });
+      stops.push(async () => {
+        await Promise.all([a.close(), b.close()]);
+        await Promise.all([sa.close(), sb.close()]);
+      });
+      const ra = await call(sa.url, { host });
+      expect([ra.status, ra.json()]).toEqual([503, { error: "vm is stopped and this platform cannot start it" }]);
+      const rb = await call(sb.url, { host });
+      expect([rb.status, rb.json()]).toEqual([503, { error: "vm platform unavailable" }]);
+      expect(rb.headers["retry-after"]).toBe("1");
     });
 
     it("a failed restore answers every waiter 503 failed to wake vm; the next request wakes it", async () => {
