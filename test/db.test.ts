@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openDatabase } from "../src/db/client.ts";
+import { sql } from "drizzle-orm";
+import { openDatabase, ROUTES_CHANNEL } from "../src/db/client.ts";
 import { insertRoute, listRoutesByVm, SubdomainTakenError, deleteRoutesOfVm, getRouteBySubdomain } from "../src/db/routes.repo.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
 
@@ -68,6 +69,24 @@ describe("PGlite data directory", () => {
       await second.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.each(await dbKinds())("route change notifications on %s", (kind) => {
+  it("announces inserts and deletes with the VM id, from the database itself", async () => {
+    const t = await freshDb(kind);
+    try {
+      const got: string[] = [];
+      const stop = await t.database.listen(ROUTES_CHANNEL, (p) => got.push(p));
+      await insertRoute(t.database, row("rt_n1", "n1", "vm_n"));
+      await expect.poll(() => got).toEqual(["vm_n"]);
+      // A write by another tool (raw SQL) is announced too.
+      await t.database.db.execute(sql`delete from routes where id = 'rt_n1'`);
+      await expect.poll(() => got).toEqual(["vm_n", "vm_n"]);
+      await stop();
+    } finally {
+      await t.drop();
     }
   });
 });

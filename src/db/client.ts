@@ -11,7 +11,10 @@ export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 /** The committed drizzle-kit migrations, applied at start by both drivers. */
 export const MIGRATIONS_DIR = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
-/** Channel on which every write to routes is announced (LISTEN/NOTIFY), so all replicas refresh. */
+/**
+ * Channel on which every write to routes is announced (LISTEN/NOTIFY, payload: the VM id), so all
+ * replicas refresh. A trigger (drizzle/0001_routes_notify.sql) sends it, whoever writes.
+ */
 export const ROUTES_CHANNEL = "hatch_routes_changed";
 
 export interface Database {

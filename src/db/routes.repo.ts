@@ -1,6 +1,5 @@
 import { and, desc, eq } from "drizzle-orm";
 import type { Database } from "./client.ts";
-import { ROUTES_CHANNEL } from "./client.ts";
 import { routes, type NewRouteRow, type RouteRow } from "./schema.ts";
 
 /** Thrown by insertRoute when the subdomain is taken (the UNIQUE index decided). */
@@ -18,11 +17,10 @@ export function isUniqueViolation(err: unknown, constraint?: string): boolean {
   return false;
 }
 
-/** Inserts a route and announces the change. Throws SubdomainTakenError on a subdomain collision. */
+/** Inserts a route (a trigger announces it). Throws SubdomainTakenError on a subdomain collision. */
 export async function insertRoute(d: Database, row: NewRouteRow): Promise<RouteRow> {
   try {
     const [created] = await d.db.insert(routes).values(row).returning();
-    await announce(d, row.vmId);
     return created!;
   } catch (err) {
     if (isUniqueViolation(err, "routes_subdomain_key")) throw new SubdomainTakenError(row.subdomain);
@@ -60,18 +58,11 @@ export async function deleteRoute(d: Database, id: string, owner?: string): Prom
     .delete(routes)
     .where(owner === undefined ? eq(routes.id, id) : and(eq(routes.id, id), eq(routes.owner, owner)))
     .returning();
-  if (row) await announce(d, row.vmId);
   return row;
 }
 
 /** Deletes every route of a VM (the VM is gone); returns how many were removed. */
 export async function deleteRoutesOfVm(d: Database, vmId: string): Promise<number> {
   const rows = await d.db.delete(routes).where(eq(routes.vmId, vmId)).returning({ id: routes.id });
-  if (rows.length) await announce(d, vmId);
   return rows.length;
-}
-
-async function announce(d: Database, vmId: string): Promise<void> {
-  // A lost notification only delays other replicas until their periodic resync; never fail the write.
-  await d.notify(ROUTES_CHANNEL, vmId).catch(() => {});
 }
