@@ -245,7 +245,11 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
         wantVms.clear();
         if (!wantBuild) return;
       } else lastError = undefined;
-      if (!read && !wantBuild && snapshot) continue;
+      if (!read && !wantBuild && snapshot) {
+        // Checked and unchanged: the served config is confirmed current.
+        lastSuccessAt = Date.now();
+        continue;
+      }
       wantBuild = false;
       build();
       if (!readOk) return;
