@@ -6,7 +6,8 @@
 import { addrToUrl, type Config } from "../config.ts";
 import { openConfiguredDatabase, type Database } from "../db/client.ts";
 import { listAllRoutes } from "../db/routes.repo.ts";
-import type { Vm, VmPlatform } from "../vms/platform.ts";
+import { createHatchClient } from "../vms/hatch-client.ts";
+import type { VmPlatform } from "../vms/platform.ts";
 import { buildDynamicConfig, stableStringify } from "./config-builder.ts";
 import { makeSnapshot, traefikSettings } from "./config-service.ts";
 
@@ -15,18 +16,6 @@ export interface PrintDeps {
   /** Where VM states come from; default: GET /vms of HATCH_API_URL (or the simulator's API). */
   platform?: Pick<VmPlatform, "list">;
   write?: (text: string) => void;
-}
-
-/** Lists VMs from a Hatch-compatible API (the real one, or the simulator's on HATCH_SIM_ADDR). */
-async function listVmsOverHttp(config: Config): Promise<Vm[]> {
-  const base = config.hatchApiUrl ?? addrToUrl(config.simAddr);
-  const headers: Record<string, string> = { accept: "application/json" };
-  if (config.hatchApiKey) headers.authorization = `Bearer ${config.hatchApiKey}`;
-  const res = await fetch(`${base}/vms`, { headers, signal: AbortSignal.timeout(config.platformTimeoutMs) });
-  if (res.status !== 200) throw new Error(`GET ${base}/vms answered ${res.status}`);
-  const body = (await res.json()) as unknown;
-  if (!Array.isArray(body)) throw new Error(`GET ${base}/vms did not return an array`);
-  return body as Vm[];
 }
 
 /**
@@ -64,7 +53,8 @@ export async function printTraefikConfig(config: Config, format: "json" | "yaml"
   try {
     const [routes, vms] = await Promise.all([
       listAllRoutes(database),
-      deps.platform ? deps.platform.list() : listVmsOverHttp(config),
+      // Hatch's API, or the simulator's on HATCH_SIM_ADDR, through the one Hatch client.
+      (deps.platform ?? createHatchClient({ baseUrl: config.hatchApiUrl ?? addrToUrl(config.simAddr), apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs })).list(),
     ]);
     const doc = buildDynamicConfig(routes, new Map(vms.map((v) => [v.id, v])), traefikSettings(config));
     const snap = makeSnapshot(stableStringify(doc), 0, 0);
