@@ -4,7 +4,6 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { Agent, createServer, STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
-import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Registry } from "prom-client";
 import { addrToUrl, formatDuration, type Config, type ListenAddr } from "../config.ts";
@@ -655,5 +654,3 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
     );
   });
 }
-
-export type { Socket };
