@@ -1,7 +1,8 @@
 /**
  * Wake sidecar benchmark: `npx tsx bench/wake.ts` (BENCH_SECONDS=5 per hot-path run).
  * 1. Hot path, autocannon in its own process, the guest VM in its own process:
- *    client → guest directly (the limit) vs client → sidecar → guest; req/s, p50, p99, ratios.
+ *    client → guest directly (the limit) vs client → sidecar → guest vs a minimal node:http
+ *    proxy; req/s, p50, p99, CPU per request, ratios; then the latency one request at a time.
  * 2. Cold path: N = 1, 100, 1000 concurrent POSTs (distinct 64 KiB bodies) to one sleeping VM
  *    (restore 500 ms; the simulator in its own process, reached over its REST API with the Hatch
  *    client), fired from a separate client process: restores (must be 1), errors (must
@@ -93,6 +94,27 @@ async function coldClientMode(url: string, host: string, n: number, bodyBytes: n
   process.stdout.write(JSON.stringify({ first: done[0], last: done.at(-1), allSent: Math.max(...sent), errors, samples }) + "\n");
 }
 
+/** Sends `n` GETs one after another on one kept-alive connection; prints p50/p99 in µs as JSON. */
+async function seqClientMode(url: string, host: string, n: number) {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const once = () =>
+    new Promise<number>((resolve, reject) => {
+      const t0 = process.hrtime.bigint();
+      request(url, { agent, headers: { host } }, (res) => {
+        res.resume();
+        res.on("end", () => (res.statusCode === 200 ? resolve(Number(process.hrtime.bigint() - t0) / 1000) : reject(new Error(`status ${res.statusCode}`))));
+      })
+        .on("error", reject)
+        .end();
+    });
+  for (let i = 0; i < 200; i++) await once();
+  const us: number[] = [];
+  for (let i = 0; i < n; i++) us.push(await once());
+  us.sort((a, b) => a - b);
+  process.stdout.write(JSON.stringify({ p50: us[Math.floor(n * 0.5)], p99: us[Math.floor(n * 0.99)] }) + "\n");
+  agent.destroy();
+}
+
 // ---- helpers ----------------------------------------------------------------------------------
 
 function tsx(args: string[]): ChildProcess {
@@ -181,6 +203,8 @@ interface HotRow extends Cannon {
   cpuUs: number | undefined;
 }
 
+const sequential: { direct?: { p50: number; p99: number }; sidecar?: { p50: number; p99: number } } = {};
+
 async function hotPath(): Promise<HotRow[]> {
   const guest = tsx(["--guest"]);
   const info = JSON.parse(await firstLine(guest)) as { id: string; ip: string; port: number };
@@ -212,6 +236,10 @@ async function hotPath(): Promise<HotRow[]> {
       rows.push(await measure("client → sidecar → guest", server.url + "/", true));
       rows.push(await measure("client → naive node proxy → guest", naiveUrl, true));
     }
+    // One request at a time: the hop's own latency, without queueing behind 31 other connections.
+    const seq = async (url: string) => JSON.parse(await firstLine(tsx(["--seq-client", url, HOST, "2000"]))) as { p50: number; p99: number };
+    sequential.direct = await seq(guestUrl);
+    sequential.sidecar = await seq(server.url + "/");
     return rows;
   } finally {
     await proxy.close();
@@ -332,6 +360,13 @@ function printHot(hot: HotRow[]) {
     `ratios (median of runs): sidecar/direct throughput ${fmt((side.rps / direct.rps) * 100)}%, p50 +${fmt(side.p50 - direct.p50, 2)} ms; ` +
       `sidecar/naive proxy throughput ${fmt((side.rps / naive.rps) * 100)}%, CPU per request ${fmt(side.cpu / naive.cpu, 2)}×`,
   );
+  const { direct: d1, sidecar: s1 } = sequential;
+  if (d1 && s1) {
+    console.log(
+      `one request at a time (2000 GETs, kept-alive): direct p50 ${fmt(d1.p50 / 1000, 3)} ms p99 ${fmt(d1.p99 / 1000, 3)} ms; ` +
+        `sidecar p50 ${fmt(s1.p50 / 1000, 3)} ms p99 ${fmt(s1.p99 / 1000, 3)} ms; added p50 ${fmt((s1.p50 - d1.p50) / 1000, 3)} ms`,
+    );
+  }
 }
 
 function printCold(cold: Awaited<ReturnType<typeof coldPath>>) {
@@ -349,5 +384,6 @@ function printCold(cold: Awaited<ReturnType<typeof coldPath>>) {
 const mode = process.argv[2];
 if (mode === "--guest") await guestMode();
 else if (mode === "--sim") await simMode();
+else if (mode === "--seq-client") await seqClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
 else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]), Number(process.argv[6]));
 else await main();
