@@ -15,6 +15,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { Agent, createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
+import v8 from "node:v8";
+import { runInNewContext } from "node:vm";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
@@ -182,6 +184,12 @@ function liveDirectory(platform: VmPlatform): VmDirectory {
 
 const fmt = (n: number, d = 1) => n.toFixed(d);
 
+/** A full GC before each memory baseline, so that the last run's garbage is not counted as headroom. */
+function collectGarbage() {
+  v8.setFlagsFromString("--expose-gc");
+  (runInNewContext("gc") as () => void)();
+}
+
 // ---- the two benchmarks -----------------------------------------------------------------------
 
 /** The least a node:http proxy can do (no routing, no header rules): a reference for our overhead. */
@@ -282,7 +290,7 @@ async function coldPath(runs: { n: number; bodyBytes: number }[]) {
       await insertRoute(database, { id: `rt_cold${i}`, vmId: vm.id, subdomain: `cold${i}`, targetPort: 8080, autoWake: true });
       await api("POST", `/vms/${vm.id}/snapshot`);
       const wakeBefore = await wakeSeconds();
-      global.gc?.();
+      collectGarbage();
       const baseRss = process.memoryUsage.rss();
       const baseHeld = held();
       let peakRss = baseRss;
