@@ -11,6 +11,7 @@ import { addrToUrl, ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { openConfiguredDatabase } from "./db/client.ts";
 import { addEmbeddedProxy, describeDatabase, findTraefikBinary, startStack, type Stack } from "./services.ts";
+import { WAKE_ROUTER } from "./traefik/config-builder.ts";
 import { buildStaticConfig, TRAEFIK_INTERNAL_PORT } from "./traefik/static-config.ts";
 import { printTraefikConfig } from "./traefik/print-config.ts";
 import { createSimulator } from "./vms/simulator/index.ts";
@@ -170,6 +171,18 @@ async function startTraefik(bin: string, config: Config, log: Logger): Promise<C
       throw new Error("traefik did not answer its ping within 15s");
     }
     await new Promise((r) => setTimeout(r, 200));
+  }
+  // Ping answers before the first provider poll is applied; until then Traefik answers 404 for
+  // every host. Wait for our catch-all router, so the banner only appears once requests route.
+  const router = `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}/api/http/routers/${WAKE_ROUTER}@http`;
+  for (;;) {
+    const ok = await Promise.race([fetch(router, { signal: AbortSignal.timeout(500) }).then((r) => r.ok, () => false), exited]);
+    if (ok) break;
+    if (Date.now() > deadline) {
+      await stopChild(child);
+      throw new Error(`traefik did not load the configuration from ${config.routeApiUrl}/traefik/config within 15s`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
   child.once("exit", (code, signal) => log.error("traefik exited", { code, signal }));
   log.info("traefik started", { pid: child.pid, static_config: file });
