@@ -5,13 +5,13 @@
 import { randomBytes } from "node:crypto";
 import { accessSync, chmodSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
 import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
+import { listen, type Listening } from "./listen.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
 import { deleteRoutesOfVm } from "./db/routes.repo.ts";
 import type { Logger } from "./log.ts";
@@ -23,43 +23,9 @@ import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
 import { createSimulator, type Simulator } from "./vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "./wake/proxy.ts";
 
-/** A listening server and how to stop it (in-flight requests finish, bounded). */
-export interface Listening {
-  url: string;
-  port: number;
-  close(): Promise<void>;
-}
-
 /** Serves a fetch-style handler (Hono) on node:http; resolves once listening. */
-export async function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
-  const server = createAdaptorServer({ fetch }) as Server;
-  return listenServer(server, addr);
-}
-
-/** Listens on `addr` and returns a closer that stops accepting, then ends idle keep-alive sockets. */
-export async function listenServer(server: Server, addr: ListenAddr, graceMs = 10_000): Promise<Listening> {
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(addr.port, addr.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: addrToUrl({ host: addr.host, port }),
-    port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        const force = setTimeout(() => server.closeAllConnections(), graceMs);
-        force.unref();
-        server.close(() => {
-          clearTimeout(force);
-          resolve();
-        });
-        server.closeIdleConnections();
-      }),
-  };
+export function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
+  return listen(createAdaptorServer({ fetch }) as Server, addr);
 }
 
 /** Where the database lives, in words safe to print (no password). */

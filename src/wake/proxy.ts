@@ -6,9 +6,10 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { Agent, createServer, STATUS_CODES, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Registry } from "prom-client";
-import { addrToUrl, formatDuration, type Config, type ListenAddr } from "../config.ts";
+import { formatDuration, type Config, type ListenAddr } from "../config.ts";
 import { LockTimeoutError, type Database } from "../db/client.ts";
 import type { RouteRow } from "../db/schema.ts";
+import { listen, type Listening } from "../listen.ts";
 import type { Logger } from "../log.ts";
 import { PlatformUnavailableError, SLEEPING_STATES, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import { BodyTooLargeError, ClientGoneError, bodyTooLargeMessage, declaredLength, hasNoBody, readBody } from "./body.ts";
@@ -601,31 +602,14 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
 }
 
 /** Starts an HTTP server for the proxy on `addr` (port 0 = any free port). */
-export async function startWakeServer(proxy: WakeProxy, addr: ListenAddr): Promise<{ url: string; port: number; close(): Promise<void> }> {
+export function startWakeServer(proxy: WakeProxy, addr: ListenAddr): Promise<Listening> {
   // Kept-alive connections outlive Traefik's idle timeout (90 s), so Traefik never reuses one this
   // server has just closed.
   const server = createServer({ keepAliveTimeout: 95_000 }, proxy.handleRequest);
   server.on("upgrade", proxy.handleUpgrade);
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    // A deep accept queue: a thousand clients arriving at once for a sleeping VM is the point.
-    server.listen({ host: addr.host, port: addr.port, backlog: 4096 }, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as { port: number }).port;
-  return {
-    url: addrToUrl({ host: addr.host, port }),
-    port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-        // Requests still running get a moment to finish, then their connections are cut.
-        setTimeout(() => server.closeAllConnections(), 1000).unref();
-      }),
-  };
+  // A deep accept queue: a thousand clients arriving at once for a sleeping VM is the point.
+  // Requests still running at close get a second to finish, then their connections are cut.
+  return listen(server, addr, { backlog: 4096, graceMs: 1000 });
 }
 
 function sha256(text: string): Buffer {

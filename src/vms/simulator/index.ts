@@ -2,10 +2,10 @@
  * A Hatch-compatible VM platform whose "VMs" are real HTTP servers on their own loopback
  * addresses: the embedded default platform and the test bed for everything that wakes VMs.
  */
-import type { AddressInfo } from "node:net";
+import type { Server } from "node:http";
 import { createAdaptorServer } from "@hono/node-server";
 import type { Hono } from "hono";
-import { addrToUrl } from "../../config.ts";
+import { listen } from "../../listen.ts";
 import { silentLogger, type Logger } from "../../log.ts";
 import type { VmPlatform } from "../platform.ts";
 import { createSimulatorApi } from "./api.ts";
@@ -77,25 +77,14 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     deleteVm: (id) => core.deleteVm(id),
     failNextRestores: (id, n) => core.failNextRestores(id, n),
     async listen(addr) {
-      const server = createAdaptorServer({ fetch: app.fetch });
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(addr.port, addr.host ?? "127.0.0.1", () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
-      const { address, port } = server.address() as AddressInfo;
-      const url = addrToUrl({ host: address, port });
-      log.debug("vm simulator listening", { url });
-      const close = () =>
-        new Promise<void>((resolve) => {
-          listeners.delete(close);
-          server.close(() => resolve());
-          if ("closeAllConnections" in server) server.closeAllConnections();
-        });
+      const served = await listen(createAdaptorServer({ fetch: app.fetch }) as Server, { host: addr.host ?? "127.0.0.1", port: addr.port }, { graceMs: 0 });
+      log.debug("vm simulator listening", { url: served.url });
+      const close = () => {
+        listeners.delete(close);
+        return served.close();
+      };
       listeners.add(close);
-      return { url, close };
+      return { url: served.url, close };
     },
     async close() {
       await Promise.all([...listeners].map((close) => close()));
