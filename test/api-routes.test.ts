@@ -48,6 +48,7 @@ describe.each(await dbKinds())("routes API on %s", (kind) => {
     const body = await res.json();
     expect(body.error).toBe(error);
     expect(body.request_id).toMatch(/^[a-z0-9]{16}$/);
+    expect(res.headers.get("x-request-id")).toBe(body.request_id);
   };
 
   it("creates a route with Hatch's shape and 201", async () => {
@@ -57,6 +58,7 @@ describe.each(await dbKinds())("routes API on %s", (kind) => {
     expect(Object.keys(body).sort()).toEqual(["auto_wake", "created_at", "id", "subdomain", "target_port", "updated_at", "vm_id"]);
     expect(body).toMatchObject({ vm_id: "vm_abc", subdomain: "myapp", target_port: 8080, auto_wake: true });
     expect(body.id).toMatch(/^rt_[a-z0-9]{16}$/);
+    expect(res.headers.get("x-request-id")).toMatch(/^[a-z0-9]{16}$/);
     expect(body.created_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
     expect(Math.abs(Date.parse(body.created_at) - Date.now())).toBeLessThan(5000);
     expect(directory.peek("vm_abc")?.state).toBe("running");

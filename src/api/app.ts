@@ -62,8 +62,10 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
     const log = deps.log.child({ request_id: requestId });
     c.set("requestId", requestId);
     c.set("log", log);
-    await next();
+    // Set before the handler builds its response: changing a built response's headers afterwards
+    // makes the Node adapter copy the whole response (its slow path).
     c.header("X-Request-Id", requestId);
+    await next();
     const ms = performance.now() - start;
     const route = c.req.routePath && c.req.routePath !== "/*" ? c.req.routePath : "unmatched";
     requests.inc({ method: c.req.method, route, code: String(c.res.status) });

@@ -16,6 +16,9 @@ export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<un
   }
   const declared = Number(c.req.header("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);
+  // With a declared length (the usual case) the whole body is read at once: the Node adapter then
+  // skips building a web stream. Only a chunked body is counted as it arrives.
+  if (Number.isInteger(declared) && declared >= 0) return parseJson(Buffer.from(await c.req.arrayBuffer()).toString("utf8"));
   const stream = c.req.raw.body;
   if (!stream) throw new AppError(400, "request body is empty: send a JSON object");
   const chunks: Uint8Array[] = [];
@@ -31,7 +34,10 @@ export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<un
     }
     chunks.push(value);
   }
-  const text = Buffer.concat(chunks).toString("utf8");
+  return parseJson(Buffer.concat(chunks).toString("utf8"));
+}
+
+function parseJson(text: string): unknown {
   if (!text.trim()) throw new AppError(400, "request body is empty: send a JSON object");
   try {
     return JSON.parse(text);
