@@ -7,7 +7,7 @@ import { createStaticKeyAuth, createVerifyAuth } from "../src/api/auth.ts";
 import { testConfig } from "../src/config.ts";
 import { createLogger, silentLogger } from "../src/log.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
-import { fakePlatform, recordingDirectory, vm } from "./helpers/fakes.ts";
+import { fakePlatform, fakeDirectory, vm } from "./helpers/fakes.ts";
 
 describe("static keys", () => {
   it("accepts plain and sha256: keys and refuses others", async () => {
@@ -54,7 +54,7 @@ describe("better-auth verification and per-user scoping", () => {
       config: testConfig(),
       database: t.database,
       platform: fake.platform,
-      directory: recordingDirectory(),
+      directory: fakeDirectory(),
       auth: createVerifyAuth({ url: verifyUrl, cacheTtlMs: 60_000 }),
       log: createLogger("debug", {}, (l) => logs.push(l)),
     });
@@ -106,7 +106,7 @@ describe("better-auth verification and per-user scoping", () => {
 describe("open endpoints", () => {
   it("leaves /healthz open while route endpoints need a key", async () => {
     const t = await freshDb("pglite");
-    const app = createApp({ config: testConfig(), database: t.database, platform: fakePlatform().platform, directory: recordingDirectory(), auth: createStaticKeyAuth(["k"]), log: silentLogger });
+    const app = createApp({ config: testConfig(), database: t.database, platform: fakePlatform().platform, directory: fakeDirectory(), auth: createStaticKeyAuth(["k"]), log: silentLogger });
     expect((await app.request("/healthz")).status).toBe(200);
     expect((await app.request("/vms/x/routes")).status).toBe(401);
     await t.drop();

@@ -6,7 +6,7 @@ import { RESERVED_SUBDOMAINS } from "../src/api/routes.schemas.ts";
 import { testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
-import { fakePlatform, recordingDirectory, vm } from "./helpers/fakes.ts";
+import { fakePlatform, fakeDirectory, vm } from "./helpers/fakes.ts";
 
 const KEY = "test-key-1";
 const auth = { Authorization: `Bearer ${KEY}` };
@@ -16,7 +16,7 @@ describe.each(await dbKinds())("routes API on %s", (kind) => {
   let t: TestDb;
   let app: ReturnType<typeof createApp>;
   let fake: ReturnType<typeof fakePlatform>;
-  const directory = recordingDirectory();
+  const directory = fakeDirectory();
 
   beforeAll(async () => {
     t = await freshDb(kind);

@@ -18,7 +18,7 @@ import { testConfig } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
 import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
-import { recordingDirectory } from "./helpers/fakes.ts";
+import { fakeDirectory } from "./helpers/fakes.ts";
 
 const BIN = fileURLToPath(new URL("../bin/hatch-proxy.js", import.meta.url));
 const KEY = "bin-test-key-41c2";
@@ -38,7 +38,7 @@ beforeAll(async () => {
     config: testConfig(),
     database,
     platform: sim.platform,
-    directory: recordingDirectory(),
+    directory: fakeDirectory(),
     auth: createStaticKeyAuth([KEY]),
     log: silentLogger,
   });

@@ -13,7 +13,7 @@ import { testConfig } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
 import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
-import { recordingDirectory } from "./helpers/fakes.ts";
+import { fakeDirectory } from "./helpers/fakes.ts";
 
 const KEY = "cli-test-key-7f3a9";
 const PREFIX = "127.0.93";
@@ -42,7 +42,7 @@ beforeAll(async () => {
     config: testConfig(),
     database,
     platform: sim.platform,
-    directory: recordingDirectory(),
+    directory: fakeDirectory(),
     auth: createStaticKeyAuth([KEY]),
     log: silentLogger,
   });

@@ -9,7 +9,8 @@ import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
-import { addRoute, cacheOnlyDirectory, call } from "./helpers/wake-fixture.ts";
+import { fakeDirectory } from "./helpers/fakes.ts";
+import { addRoute, call } from "./helpers/wake-fixture.ts";
 
 describe("wake proxy resources", () => {
   let t: TestDb;
@@ -35,14 +36,14 @@ describe("wake proxy resources", () => {
     await sim.snapshot(vm.id);
     const before = handles();
     const config = testConfig({ baseDomain: "hatch.local", wakePageAfterMs: 0, wakeTimeoutMs: 150 });
-    const proxy = createWakeProxy({ config, database: t.database, platform: sim.platform, directory: cacheOnlyDirectory(sim.platform), log: silentLogger }, { embedded: true });
+    const proxy = createWakeProxy({ config, database: t.database, platform: sim.platform, directory: fakeDirectory({ platform: sim.platform }), log: silentLogger }, { embedded: true });
     const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
     const r = await call(server.url, { host });
     expect([r.status, r.json()]).toEqual([504, { error: "vm did not become ready within 150ms (HATCH_PROXY_WAKE_TIMEOUT)" }]);
     await expect.poll(() => sim.getVm(vm.id)!.state, { timeout: 5000 }).toBe("running");
     for (let i = 0; i < 3; i++) expect((await call(server.url, { host })).status).toBe(200);
     await sim.snapshot(vm.id);
-    const longer = createWakeProxy({ config: { ...config, wakeTimeoutMs: 5000 }, database: t.database, platform: sim.platform, directory: cacheOnlyDirectory(sim.platform), log: silentLogger }, { embedded: true });
+    const longer = createWakeProxy({ config: { ...config, wakeTimeoutMs: 5000 }, database: t.database, platform: sim.platform, directory: fakeDirectory({ platform: sim.platform }), log: silentLogger }, { embedded: true });
     const server2 = await startWakeServer(longer, { host: "127.0.0.1", port: 0 });
     expect((await call(server2.url, { host })).headers["x-hatch-cold-start"]).toBe("1");
     await Promise.all([proxy.close(), longer.close()]);

@@ -13,7 +13,8 @@ import type { Database } from "../src/db/client.ts";
 import { routes } from "../src/db/schema.ts";
 import { eq } from "drizzle-orm";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
-import { addRoute, cacheOnlyDirectory, call, EMPTY_SHA, sha256 } from "./helpers/wake-fixture.ts";
+import { fakeDirectory } from "./helpers/fakes.ts";
+import { addRoute, call, EMPTY_SHA, sha256 } from "./helpers/wake-fixture.ts";
 
 const BASE = "hatch.local";
 
@@ -35,7 +36,7 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
   /** A proxy (own directory, own server) over the shared simulator and database. */
   async function proxyWith(overrides: Partial<Config> = {}, embedded = true) {
     const config = testConfig({ baseDomain: BASE, wakePageAfterMs: 0, ...overrides });
-    const directory = cacheOnlyDirectory(sim.platform);
+    const directory = fakeDirectory({ platform: sim.platform });
     const counted = { wakeCalls: 0 };
     const platform: VmPlatform = { ...sim.platform, kind: "simulator", wake: (id, o) => ((counted.wakeCalls += 1), sim.platform.wake(id, o)) };
     const proxy = createWakeProxy({ config, database: t.database, platform, directory, log: silentLogger }, { embedded });
@@ -369,7 +370,7 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
           throw new WakeError("unsupported", "vm is stopped and this platform cannot start it");
         },
       };
-      const a = createWakeProxy({ config, database: t.database, platform: noStart, directory: cacheOnlyDirectory(noStart), log: silentLogger }, { embedded: true });
+      const a = createWakeProxy({ config, database: t.database, platform: noStart, directory: fakeDirectory({ platform: noStart }), log: silentLogger }, { embedded: true });
       const sa = await startWakeServer(a, { host: "127.0.0.1", port: 0 });
       const down: VmPlatform = {
         ...sim.platform,
@@ -377,7 +378,7 @@ describe.each(await dbKinds())("wake proxy on %s", (kind) => {
           throw new PlatformUnavailableError("VM platform unavailable: GET /vms/x failed (ECONNREFUSED)");
         },
       };
-      const b = createWakeProxy({ config, database: t.database, platform: down, directory: cacheOnlyDirectory(down), log: silentLogger }, { embedded: true });
+      const b = createWakeProxy({ config, database: t.database, platform: down, directory: fakeDirectory({ platform: down }), log: silentLogger }, { embedded: true });
       const sb = await startWakeServer(b, { host: "127.0.0.1", port: 0 });
       stops.push(async () => {
         await Promise.all([a.close(), b.close()]);

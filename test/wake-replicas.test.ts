@@ -8,7 +8,8 @@ import type { VmPlatform } from "../src/vms/platform.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
-import { addRoute, cacheOnlyDirectory, call, sha256 } from "./helpers/wake-fixture.ts";
+import { fakeDirectory } from "./helpers/fakes.ts";
+import { addRoute, call, sha256 } from "./helpers/wake-fixture.ts";
 
 const hasPostgres = (await dbKinds()).includes("postgres");
 
@@ -38,7 +39,7 @@ describe.skipIf(!hasPostgres)("two sidecars on one Postgres", () => {
     };
     for (const database of [t.database, second]) {
       const config = testConfig({ baseDomain: "hatch.local", wakePageAfterMs: 0 });
-      const directory = cacheOnlyDirectory(sim.platform);
+      const directory = fakeDirectory({ platform: sim.platform });
       const proxy = createWakeProxy({ config, database, platform: counting, directory, log: silentLogger }, { embedded: false });
       const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
       urls.push(server.url);

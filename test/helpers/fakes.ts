@@ -1,4 +1,4 @@
-import type { CallOptions, Vm, VmDirectory, VmPlatform } from "../../src/vms/platform.ts";
+import type { CallOptions, Vm, VmDirectory, VmPlatform, VmState } from "../../src/vms/platform.ts";
 import { PlatformUnavailableError } from "../../src/vms/platform.ts";
 
 /** An in-memory VM platform for API tests: VMs are plain objects; `down` simulates an outage. */
@@ -43,32 +43,65 @@ export function fakePlatform(vms: Vm[] = []) {
 /** A VM object with Hatch's fields. */
 export const vm = (id: string, state: Vm["state"] = "running", guest_ip = "127.0.1.250"): Vm => ({ id, state, guest_ip });
 
-/** A VmDirectory that only remembers what it is told (no polling). */
-export function recordingDirectory(): VmDirectory {
-  const vms = new Map<string, Vm>();
+/**
+ * A VmDirectory for tests that never polls. With a `platform`, refreshOne/refreshAll read it (so a
+ * test can leave the cache stale on purpose: a VM snapshotted behind its back still looks running);
+ * without one it only remembers what it is told. `set` and `markReady` let a test drive it.
+ */
+export function fakeDirectory(opts: { platform?: VmPlatform; vms?: Vm[]; ready?: boolean } = {}) {
+  const vms = new Map((opts.vms ?? []).map((v) => [v.id, v]));
   const listeners = new Set<() => void>();
   let version = 0;
-  return {
-    peek: (id) => vms.get(id),
+  let ready = opts.ready ?? true;
+  const changed = () => {
+    version++;
+    for (const l of listeners) l();
+  };
+  const dir = {
+    /** How many times refreshOne asked. */
+    refreshes: 0,
+    peek: (id: string) => vms.get(id),
     all: () => vms,
-    async refreshOne(id) {
-      return vms.get(id);
+    async refreshOne(id: string) {
+      dir.refreshes++;
+      if (!opts.platform) return vms.get(id);
+      const vm = await opts.platform.get(id);
+      if (vm) vms.set(id, { ...vm });
+      else vms.delete(id);
+      changed();
+      return vm ? { ...vm } : undefined;
     },
-    async refreshAll() {},
-    record(v) {
-      vms.set(v.id, v);
-      version++;
-      listeners.forEach((l) => l());
+    async refreshAll() {
+      if (!opts.platform) return;
+      for (const vm of await opts.platform.list()) vms.set(vm.id, { ...vm });
+      changed();
     },
-    onChange(l) {
+    record(vm: Vm) {
+      vms.set(vm.id, { ...vm });
+      changed();
+    },
+    onChange(l: () => void) {
       listeners.add(l);
       return () => listeners.delete(l);
     },
     get version() {
       return version;
     },
-    ready: true,
+    get ready() {
+      return ready;
+    },
     start() {},
     stop() {},
-  };
+    /** Sets a VM's state as if the platform had reported it. */
+    set(id: string, state: VmState, ip = "127.0.1.9") {
+      vms.set(id, { id, state, guest_ip: ip });
+      changed();
+    },
+    /** Makes `ready` true, with or without a change event. */
+    markReady(silently = false) {
+      ready = true;
+      if (!silently) changed();
+    },
+  } satisfies VmDirectory & Record<string, unknown>;
+  return dir;
 }

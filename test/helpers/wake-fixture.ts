@@ -3,55 +3,6 @@ import { createHash, randomBytes } from "node:crypto";
 import { request, type IncomingHttpHeaders } from "node:http";
 import type { Database } from "../../src/db/client.ts";
 import { insertRoute } from "../../src/db/routes.repo.ts";
-import type { Vm, VmDirectory, VmPlatform } from "../../src/vms/platform.ts";
-
-/**
- * A VmDirectory that only changes when asked (refreshOne/record), never by polling: tests can make
- * it stale on purpose (a VM snapshotted behind its back still looks running).
- */
-export function cacheOnlyDirectory(platform: VmPlatform): VmDirectory & { refreshes: number } {
-  const vms = new Map<string, Vm>();
-  const listeners = new Set<() => void>();
-  let version = 0;
-  const changed = () => {
-    version += 1;
-    for (const l of listeners) l();
-  };
-  const dir = {
-    refreshes: 0,
-    peek: (id: string) => vms.get(id),
-    all: () => vms,
-    async refreshOne(id: string) {
-      dir.refreshes += 1;
-      const vm = await platform.get(id);
-      if (vm) vms.set(id, { ...vm });
-      else vms.delete(id);
-      changed();
-      return vm ? { ...vm } : undefined;
-    },
-    async refreshAll() {
-      for (const vm of await platform.list()) vms.set(vm.id, { ...vm });
-      changed();
-    },
-    record(vm: Vm) {
-      vms.set(vm.id, { ...vm });
-      changed();
-    },
-    onChange(l: () => void) {
-      listeners.add(l);
-      return () => listeners.delete(l);
-    },
-    get version() {
-      return version;
-    },
-    get ready() {
-      return true;
-    },
-    start() {},
-    stop() {},
-  };
-  return dir;
-}
 
 export interface Reply {
   status: number;
