@@ -2,7 +2,8 @@
  * Wake sidecar benchmark: `npx tsx bench/wake.ts` (BENCH_SECONDS=5 per hot-path run).
  * 1. Hot path, autocannon in its own process, the guest VM in its own process:
  *    client → guest directly (the limit) vs client → sidecar → guest vs a minimal node:http
- *    proxy; req/s, p50, p99, CPU per request, ratios; then the latency one request at a time.
+ *    proxy, and (when a Traefik binary is found) client → Traefik → guest vs client → Traefik →
+ *    sidecar → guest; req/s, p50, p99, CPU per request, ratios; then the latency one request at a time.
  * 2. Cold path: N = 1, 100, 1000 concurrent POSTs (distinct 64 KiB bodies) to one sleeping VM
  *    (restore 500 ms; the simulator in its own process, reached over its REST API with the Hatch
  *    client), fired from a separate client process: restores (must be 1), errors (must
@@ -20,6 +21,9 @@ import { runInNewContext } from "node:vm";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { stringify } from "yaml";
+import { findTraefikBinary } from "../src/services.ts";
 import { testConfig } from "../src/config.ts";
 import { openDatabase } from "../src/db/client.ts";
 import { insertRoute } from "../src/db/routes.repo.ts";
@@ -35,6 +39,7 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const RESTORE_MS = 500;
 const BODY_BYTES = 64 * 1024;
 const HOST = "bench.hatch.local";
+const SIDE_HOST = "side.hatch.local";
 
 // ---- child modes ------------------------------------------------------------------------------
 
@@ -205,6 +210,64 @@ function naiveProxy(ip: string, port: number) {
   });
 }
 
+/**
+ * Traefik (when a binary is found) in front of the guest and of the sidecar, through its file
+ * provider: `bench.<base>` → the guest directly (a running route's router), `side.<base>` → the
+ * sidecar (the catch-all's target). Resolves with its entry point URL and a stop function.
+ */
+async function startTraefik(guestUrl: string, sidecarUrl: string): Promise<{ url: string; stop(): void } | undefined> {
+  const bin = findTraefikBinary(testConfig());
+  if (!bin) return undefined;
+  const free = async () => {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    const port = (srv.address() as AddressInfo).port;
+    await new Promise((r) => srv.close(r));
+    return port;
+  };
+  const [web, api] = [await free(), await free()];
+  const dir = mkdtempSync(join(os.tmpdir(), "hatch-bench-traefik-"));
+  const file = join(dir, "dynamic.yml");
+  writeFileSync(
+    file,
+    stringify({
+      http: {
+        routers: {
+          direct: { entryPoints: ["web"], rule: `Host(\`${HOST}\`)`, service: "direct" },
+          side: { entryPoints: ["web"], rule: `Host(\`${SIDE_HOST}\`)`, service: "side" },
+        },
+        services: { direct: { loadBalancer: { servers: [{ url: guestUrl }] } }, side: { loadBalancer: { servers: [{ url: sidecarUrl }] } } },
+      },
+    }),
+  );
+  const child = spawn(bin, [
+    `--entryPoints.web.address=127.0.0.1:${web}`,
+    `--entryPoints.traefik.address=127.0.0.1:${api}`,
+    "--api.insecure=true",
+    `--providers.file.filename=${file}`,
+    "--global.checkNewVersion=false",
+    "--global.sendAnonymousUsage=false",
+    "--log.level=ERROR",
+  ], { stdio: "ignore" });
+  const stop = () => {
+    child.kill("SIGTERM");
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const ok = await Promise.all(
+      ["direct", "side"].map((r) => fetch(`http://127.0.0.1:${api}/api/http/routers/${r}@file`).then((x) => x.ok, () => false)),
+    );
+    if (ok.every(Boolean)) break;
+    if (Date.now() > deadline) {
+      stop();
+      throw new Error("Traefik did not load the bench routes within 20 s");
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { url: `http://127.0.0.1:${web}/`, stop };
+}
+
 interface HotRow extends Cannon {
   name: string;
   /** CPU time of this (the proxy's) process per request, in µs; undefined for the direct path. */
@@ -218,6 +281,7 @@ async function hotPath(): Promise<HotRow[]> {
   const info = JSON.parse(await firstLine(guest)) as { id: string; ip: string; port: number };
   const database = await openDatabase({});
   await insertRoute(database, { id: "rt_bench", vmId: info.id, subdomain: "bench", targetPort: info.port, autoWake: true });
+  await insertRoute(database, { id: "rt_side", vmId: info.id, subdomain: "side", targetPort: info.port, autoWake: true });
   const vms = new Map<string, Vm>([[info.id, { id: info.id, state: "running", guest_ip: info.ip }]]);
   const platform = { kind: "simulator", get: async () => undefined, list: async () => [], wake: async () => Promise.reject(new Error("unused")) } as VmPlatform;
   const proxy = createWakeProxy({ config: testConfig({ baseDomain: "hatch.local" }), database, platform, directory: staticDirectory(vms), log: silentLogger }, { embedded: false });
@@ -225,9 +289,11 @@ async function hotPath(): Promise<HotRow[]> {
   const naive = naiveProxy(info.ip, info.port);
   await new Promise<void>((r) => naive.listen(0, "127.0.0.1", r));
   const naiveUrl = `http://127.0.0.1:${(naive.address() as AddressInfo).port}/`;
-  const measure = async (name: string, url: string, inProcess: boolean): Promise<HotRow> => {
+  const traefik = await startTraefik(`http://${info.ip}:${info.port}`, server.url);
+  if (!traefik) console.log("(no Traefik binary: the Traefik rows are skipped; `bash scripts/traefik.sh` builds one)");
+  const measure = async (name: string, url: string, inProcess: boolean, host = HOST): Promise<HotRow> => {
     const cpu0 = process.cpuUsage();
-    const r = await autocannon(url, HOST);
+    const r = await autocannon(url, host);
     const cpu = process.cpuUsage(cpu0);
     return { name, ...r, cpuUs: inProcess ? (cpu.user + cpu.system) / Math.max(1, r.total) : undefined };
   };
@@ -243,6 +309,10 @@ async function hotPath(): Promise<HotRow[]> {
       rows.push(await measure("client → guest (direct)", guestUrl, false));
       rows.push(await measure("client → sidecar → guest", server.url + "/", true));
       rows.push(await measure("client → naive node proxy → guest", naiveUrl, true));
+      if (traefik) {
+        rows.push(await measure("client → Traefik → guest", traefik.url, false));
+        rows.push(await measure("client → Traefik → sidecar → guest", traefik.url, true, SIDE_HOST));
+      }
     }
     // One request at a time: the hop's own latency, without queueing behind 31 other connections.
     const seq = async (url: string) => JSON.parse(await firstLine(tsx(["--seq-client", url, HOST, "2000"]))) as { p50: number; p99: number };
@@ -250,6 +320,7 @@ async function hotPath(): Promise<HotRow[]> {
     sequential.sidecar = await seq(server.url + "/");
     return rows;
   } finally {
+    traefik?.stop();
     await proxy.close();
     await server.close();
     naive.close();
@@ -368,6 +439,13 @@ function printHot(hot: HotRow[]) {
     `ratios (median of runs): sidecar/direct throughput ${fmt((side.rps / direct.rps) * 100)}%, p50 +${fmt(side.p50 - direct.p50, 2)} ms; ` +
       `sidecar/naive proxy throughput ${fmt((side.rps / naive.rps) * 100)}%, CPU per request ${fmt(side.cpu / naive.cpu, 2)}×`,
   );
+  if (hot.some((r) => r.name.startsWith("client → Traefik → guest"))) {
+    const tDirect = { rps: pick("client → Traefik → guest", (r) => r.rps), p50: pick("client → Traefik → guest", (r) => r.p50) };
+    const tSide = { rps: pick("client → Traefik → sidecar", (r) => r.rps), p50: pick("client → Traefik → sidecar", (r) => r.p50) };
+    console.log(
+      `with Traefik: Traefik→guest ${fmt((tDirect.rps / direct.rps) * 100)}% of direct; Traefik→sidecar→guest ${fmt((tSide.rps / tDirect.rps) * 100)}% of Traefik→guest, p50 +${fmt(tSide.p50 - tDirect.p50, 2)} ms`,
+    );
+  }
   const { direct: d1, sidecar: s1 } = sequential;
   if (d1 && s1) {
     console.log(
