@@ -6,45 +6,28 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { serve } from "@hono/node-server";
-import { createApp } from "../src/api/app.ts";
-import { createStaticKeyAuth } from "../src/api/auth.ts";
-import { testConfig } from "../src/config.ts";
-import { openDatabase, type Database } from "../src/db/client.ts";
-import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
-import { fakeDirectory } from "./helpers/fakes.ts";
+import { serveRouteApi } from "./helpers/fakes.ts";
 
 const BIN = fileURLToPath(new URL("../bin/hatch-proxy.js", import.meta.url));
 const KEY = "bin-test-key-41c2";
 
 let sim: Simulator;
 let simAddr: string;
-let database: Database;
-let api: Server;
+let api: Awaited<ReturnType<typeof serveRouteApi>> | undefined;
 let apiPort: number;
 let cwd: string;
 
 beforeAll(async () => {
   sim = await createSimulator({ ipPrefix: "127.0.94", restoreMs: 0 });
   simAddr = new URL((await sim.listen({ host: "127.0.0.1", port: 0 })).url).host;
-  database = await openDatabase({});
-  const app = createApp({
-    config: testConfig(),
-    database,
-    platform: sim.platform,
-    directory: fakeDirectory(),
-    auth: createStaticKeyAuth([KEY]),
-    log: silentLogger,
-  });
-  api = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }) as Server;
-  await new Promise<void>((r) => (api.listening ? r() : api.once("listening", () => r())));
-  apiPort = (api.address() as AddressInfo).port;
+  api = await serveRouteApi(sim.platform, [KEY]);
+  apiPort = api.port;
   // What `npm start` leaves in its directory: data/api-key, one line.
   cwd = mkdtempSync(join(tmpdir(), "hatch-cli-bin-"));
   mkdirSync(join(cwd, "data"));
@@ -52,10 +35,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  api?.closeAllConnections();
-  await new Promise<void>((r) => (api ? api.close(() => r()) : r()));
+  await api?.close();
   await sim?.close();
-  await database?.close();
   rmSync(cwd, { recursive: true, force: true });
 });
 

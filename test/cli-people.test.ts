@@ -5,15 +5,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { serve } from "@hono/node-server";
-import { createApp } from "../src/api/app.ts";
-import { createStaticKeyAuth } from "../src/api/auth.ts";
 import { PEOPLE_USAGE, runPeopleCommand } from "../src/cli/people.ts";
-import { testConfig } from "../src/config.ts";
-import { openDatabase, type Database } from "../src/db/client.ts";
-import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
-import { fakeDirectory } from "./helpers/fakes.ts";
+import { serveRouteApi } from "./helpers/fakes.ts";
 
 const KEY = "cli-test-key-7f3a9";
 const PREFIX = "127.0.93";
@@ -21,8 +15,7 @@ type Env = Record<string, string | undefined>;
 
 let sim: Simulator;
 let simUrl: string;
-let database: Database;
-let api: Server;
+let api: Awaited<ReturnType<typeof serveRouteApi>> | undefined;
 let apiUrl: string;
 let closedUrl: string;
 let tmp: string;
@@ -37,18 +30,8 @@ beforeAll(async () => {
   tmp = mkdtempSync(join(tmpdir(), "hatch-cli-"));
   sim = await createSimulator({ ipPrefix: PREFIX, restoreMs: 20 });
   simUrl = (await sim.listen({ host: "127.0.0.1", port: 0 })).url;
-  database = await openDatabase({});
-  const app = createApp({
-    config: testConfig(),
-    database,
-    platform: sim.platform,
-    directory: fakeDirectory(),
-    auth: createStaticKeyAuth([KEY]),
-    log: silentLogger,
-  });
-  api = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }) as Server;
-  await new Promise<void>((resolve) => (api.listening ? resolve() : api.once("listening", () => resolve())));
-  apiUrl = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+  api = await serveRouteApi(sim.platform, [KEY]);
+  apiUrl = api.url;
   // A port that was just free: nothing listens there.
   const probe = createServer();
   closedUrl = await listen(probe);
@@ -56,10 +39,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  api?.closeAllConnections();
-  if (api) await close(api);
+  await api?.close();
   await sim?.close();
-  await database?.close();
   rmSync(tmp, { recursive: true, force: true });
   for (const text of transcript) expect(text).not.toContain(KEY);
 });

@@ -23,7 +23,7 @@ import { makeSnapshot, traefikSettings, type ConfigService } from "../src/traefi
 import { traefikEndpoint } from "../src/traefik/endpoint.ts";
 import postgres from "postgres";
 import { runPeopleCommand } from "../src/cli/people.ts";
-import { ADMIN_PG_URL, postgresEnabled, traefikBinary } from "./helpers/env.ts";
+import { ADMIN_PG_URL, freePort, postgresEnabled, traefikBinary } from "./helpers/env.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const read = (name: string) => readFileSync(join(ROOT, name), "utf8");
@@ -437,13 +437,6 @@ describe.skipIf(!traefikBinary())("Traefik with compose.yaml's flags", () => {
   let dir: string;
   const polls: number[] = [];
 
-  const freePort = async () => {
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-    const port = (s.address() as AddressInfo).port;
-    await new Promise<void>((r) => s.close(() => r()));
-    return port;
-  };
 
   /** The traefik service's command, with compose's addresses moved to free loopback ports. */
   const localFlags = (doc: Doc, ports: { web: number; internal: number; api: number }) =>
@@ -555,13 +548,6 @@ describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose top
   let envs: Record<"migrate" | "api" | "wake" | "sim", Env>;
   let ports: Record<"api" | "wake" | "sim" | "web" | "internal", number>;
 
-  const freePort = async () => {
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-    const port = (s.address() as AddressInfo).port;
-    await new Promise<void>((r) => s.close(() => r()));
-    return port;
-  };
   const start = (name: string, command: string, args: string[], env: Env) => {
     let out = "";
     const child = spawn(command, args, { cwd: dir, env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? dir, ...env } as NodeJS.ProcessEnv, stdio: ["ignore", "pipe", "pipe"] });

@@ -4,6 +4,8 @@
  */
 import postgres from "postgres";
 import { execFileSync } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 
 export const ADMIN_PG_URL = process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -47,4 +49,13 @@ export function traefikBinary(): string | undefined {
   const bin = findTraefik();
   if (!bin && requireTraefik) throw new Error("REQUIRE_TRAEFIK=1 but no Traefik binary was found (run scripts/traefik.sh)");
   return bin;
+}
+
+/** A loopback port that was free a moment ago (for processes that must be told their port). */
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
 }

@@ -1,3 +1,10 @@
+import { createApp } from "../../src/api/app.ts";
+import { createStaticKeyAuth } from "../../src/api/auth.ts";
+import { testConfig } from "../../src/config.ts";
+import { openDatabase, type Database } from "../../src/db/client.ts";
+import type { Listening } from "../../src/listen.ts";
+import { silentLogger } from "../../src/log.ts";
+import { listenHono } from "../../src/services.ts";
 import type { CallOptions, Vm, VmDirectory, VmPlatform, VmState } from "../../src/vms/platform.ts";
 import { PlatformUnavailableError } from "../../src/vms/platform.ts";
 
@@ -104,4 +111,19 @@ export function fakeDirectory(opts: { platform?: VmPlatform; vms?: Vm[]; ready?:
     },
   } satisfies VmDirectory & Record<string, unknown>;
   return dir;
+}
+
+/** The real route API on in-memory PGlite, served on a free loopback port (for CLI tests). */
+export async function serveRouteApi(platform: VmPlatform, keys: string[]): Promise<Listening & { database: Database }> {
+  const database = await openDatabase({});
+  const app = createApp({ config: testConfig(), database, platform, directory: fakeDirectory(), auth: createStaticKeyAuth(keys), log: silentLogger });
+  const served = await listenHono(app.fetch, { host: "127.0.0.1", port: 0 });
+  return {
+    ...served,
+    database,
+    async close() {
+      await served.close();
+      await database.close();
+    },
+  };
 }
