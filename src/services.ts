@@ -116,6 +116,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
       platform = simulator.platform;
       const served = await simulator.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
       simApi = { url: served.url, port: Number(new URL(served.url).port), close: served.close };
+      closers.push(() => served.close());
     } else {
       platform = createHatchClient({ baseUrl: addrToUrl(config.simAddr), timeoutMs: config.platformTimeoutMs });
     }
@@ -140,10 +141,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
 
     const stack: Stack = { config, database, platform, directory, log, close, defer: (step) => void closers.push(step) };
     if (simulator) stack.simulator = simulator;
-    if (simApi) {
-      stack.simApi = simApi;
-      closers.splice(1, 0, () => simApi!.close());
-    }
+    if (simApi) stack.simApi = simApi;
 
     const wakeDeps = { config, database, platform, directory, log: log.child({ component: "wake" }) };
     if (parts.wake) {
@@ -170,8 +168,9 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         auth,
         log: log.child({ component: "api" }),
         mounts: { "/traefik": traefikEndpoint(configService, { config, log }) },
-        // Metrics of this process's proxy (sidecar or embedded; `start` runs one of them).
-        registries: [stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])),
+        // Metrics of this process's proxy: the sidecar, or the embedded proxy (which `start` may add
+        // after the API, when Traefik is missing or fails). One of them runs, never both.
+        registries: () => [stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])),
         readiness: [
           {
             name: "traefik_config",

@@ -95,6 +95,10 @@ describe.each(modes)("npm start with %s", (_name, env) => {
     const run = runWalkthrough(started.dir);
     expect(run.status, `walkthrough failed:\n${run.out}\n${run.err}\n--- product output ---\n${started.output()}`).toBe(0);
     checkWalkthroughOutput(run.out);
+    // The wake shows in the API's metrics, whichever proxy (sidecar or embedded) did it.
+    const metrics = await (await fetch("http://127.0.0.1:8080/metrics")).text();
+    expect(metrics).toMatch(/^hatch_wakes_total\{outcome="ok"\} 1$/m);
+    expect(metrics).toMatch(/^hatch_api_requests_total\{method="POST",route="\/vms\/:vm_id\/routes",code="201"\} 1$/m);
   }, 120_000);
 
   it("stops cleanly on Ctrl-C", async () => {

@@ -21,8 +21,11 @@ export interface ApiDeps {
   log: Logger;
   /** Sub-apps mounted beside the route API (e.g. "/traefik" → the config endpoint). */
   mounts?: Record<string, Hono<any>>;
-  /** Extra metric registries merged into /metrics (e.g. the embedded wake sidecar's). */
-  registries?: Registry[];
+  /**
+   * Extra metric registries merged into /metrics (e.g. this process's wake proxy). A function is
+   * asked on every scrape, for proxies started after the API.
+   */
+  registries?: Registry[] | (() => Registry[]);
   /** Extra readiness checks for /readyz (e.g. "traefik config built"). */
   readiness?: ReadinessCheck[];
 }
@@ -95,7 +98,8 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   app.on(["GET", "DELETE"], "/routes/:route_id", requireAuth);
 
   registerRouteEndpoints(app, deps);
-  registerHealthEndpoints(app, deps, [registry, ...(deps.registries ?? [])]);
+  const extra = deps.registries ?? [];
+  registerHealthEndpoints(app, deps, () => [registry, ...(typeof extra === "function" ? extra() : extra)]);
   const openapi = buildOpenApiDocument(deps.config);
   app.get("/openapi.json", (c) => c.json(openapi));
   for (const [prefix, sub] of Object.entries(deps.mounts ?? {})) app.route(prefix, sub);

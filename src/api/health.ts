@@ -16,7 +16,7 @@ const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
   Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms).unref())]);
 
 /** /healthz (process up), /readyz (database, migrations, platform, extras) and /metrics. Open, no auth. */
-export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, registries: Registry[]): void {
+export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, registries: () => Registry[]): void {
   const expectedMigrations = (JSON.parse(readFileSync(join(MIGRATIONS_DIR, "meta/_journal.json"), "utf8")).entries as unknown[]).length;
   const checks: ReadinessCheck[] = [
     {
@@ -44,7 +44,6 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     },
     ...(deps.readiness ?? []),
   ];
-  const merged = registries.length === 1 ? registries[0]! : Registry.merge(registries);
 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
   app.get("/readyz", async (c) => {
@@ -65,5 +64,9 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     if (failed.length) return c.json({ error: `not ready: ${failed.map(([n]) => n).join(", ")}`, checks: results }, 503);
     return c.json({ status: "ready", checks: results });
   });
-  app.get("/metrics", async (c) => c.text(await merged.metrics(), 200, { "Content-Type": merged.contentType }));
+  app.get("/metrics", async (c) => {
+    const all = registries();
+    const merged = all.length === 1 ? all[0]! : Registry.merge(all);
+    return c.text(await merged.metrics(), 200, { "Content-Type": merged.contentType });
+  });
 }
