@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
@@ -58,6 +58,25 @@ describe.each(await dbKinds())("database on %s", (kind) => {
 });
 
 describe("PGlite data directory", () => {
+  it("refuses a second open while the first is live, and takes over a lock left by a dead process", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hatch-pglite-lock-"));
+    try {
+      const first = await openDatabase({ dataDir: dir });
+      await expect(openDatabase({ dataDir: dir })).rejects.toThrow(
+        new RegExp(`^the embedded database in ${dir} is in use by process ${process.pid}; PGlite serves one process only`),
+      );
+      await first.close();
+      expect(existsSync(join(dir, "hatch-proxy.pid"))).toBe(false);
+      // A pid file whose process is gone (pid 2^22 + 1 is above Linux's pid_max) does not block.
+      writeFileSync(join(dir, "hatch-proxy.pid"), "4194305\n");
+      const again = await openDatabase({ dataDir: dir });
+      expect(readFileSync(join(dir, "hatch-proxy.pid"), "utf8").trim()).toBe(String(process.pid));
+      await again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("keeps routes across a reopen", async () => {
     const dir = mkdtempSync(join(tmpdir(), "hatch-pglite-"));
     try {
