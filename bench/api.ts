@@ -27,7 +27,8 @@ import { createStaticKeyAuth } from "../src/api/auth.ts";
 import { testConfig } from "../src/config.ts";
 import { openDatabase, ROUTES_CHANNEL, type Database } from "../src/db/client.ts";
 import { silentLogger } from "../src/log.ts";
-import type { Vm, VmDirectory, VmPlatform } from "../src/vms/platform.ts";
+import type { Vm, VmPlatform } from "../src/vms/platform.ts";
+import { staticDirectory } from "./directory.ts";
 
 /** The part of autocannon's API used here (it ships no type declarations). */
 interface AutocannonResult {
@@ -54,23 +55,6 @@ function benchPlatform(): VmPlatform {
     get: async (id) => (id === VM_ID ? { ...vm } : undefined),
     list: async () => [{ ...vm }],
     wake: async () => ({ ...vm }),
-  };
-}
-
-/** A directory that only remembers what the API records (no polling). */
-function benchDirectory(): VmDirectory {
-  const vms = new Map<string, Vm>();
-  return {
-    peek: (id) => vms.get(id),
-    all: () => vms,
-    refreshOne: async (id) => vms.get(id),
-    refreshAll: async () => {},
-    record: (v) => void vms.set(v.id, v),
-    onChange: () => () => {},
-    version: 0,
-    ready: true,
-    start: () => {},
-    stop: () => {},
   };
 }
 
@@ -118,7 +102,7 @@ async function runServer(kind: Kind, url: string | undefined): Promise<void> {
       config: testConfig(),
       database,
       platform: benchPlatform(),
-      directory: benchDirectory(),
+      directory: staticDirectory(),
       auth: createStaticKeyAuth([KEY]),
       log: silentLogger,
     });

@@ -29,6 +29,7 @@ import { openDatabase } from "../src/db/client.ts";
 import { insertRoute } from "../src/db/routes.repo.ts";
 import { silentLogger } from "../src/log.ts";
 import type { Vm, VmDirectory, VmPlatform } from "../src/vms/platform.ts";
+import { staticDirectory } from "./directory.ts";
 import { createHatchClient } from "../src/vms/hatch-client.ts";
 import { createSimulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
@@ -155,21 +156,6 @@ function autocannon(url: string, host: string | undefined, seconds = SECONDS): P
       resolve({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.non2xx, total: r.requests.total });
     });
   });
-}
-
-function staticDirectory(vms: Map<string, Vm>): VmDirectory {
-  return {
-    peek: (id) => vms.get(id),
-    all: () => vms,
-    refreshOne: async (id) => vms.get(id),
-    refreshAll: async () => {},
-    record: (vm) => void vms.set(vm.id, vm),
-    onChange: () => () => {},
-    version: 0,
-    ready: true,
-    start() {},
-    stop() {},
-  };
 }
 
 /** A directory that reads the simulator on demand (the cold path needs real states). */
