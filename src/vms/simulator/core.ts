@@ -245,6 +245,17 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
     return p;
   };
 
+  /** Restore (from snapshotted) or start (from stopped), with Hatch's 409 text for any other state. */
+  const wakeFrom = (id: string, caller: string | undefined, from: VmState, kind: "restore" | "start"): Promise<SimVm> => {
+    try {
+      const e = find(id, caller);
+      if (e.rec.state !== from) throw new SimulatorError(409, `vm must be ${from} to ${kind} (current state: ${e.rec.state})`);
+      return beginWake(e, kind);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  };
+
   const load = async () => {
     if (!opts.stateFile) return;
     for (const rec of readStateFile(opts.stateFile)) {
@@ -366,25 +377,8 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
       return toJson(e);
     },
 
-    restore(id, caller) {
-      try {
-        const e = find(id, caller);
-        if (e.rec.state !== "snapshotted") throw new SimulatorError(409, `vm must be snapshotted to restore (current state: ${e.rec.state})`);
-        return beginWake(e, "restore");
-      } catch (err) {
-        return Promise.reject(err);
-      }
-    },
-
-    start(id, caller) {
-      try {
-        const e = find(id, caller);
-        if (e.rec.state !== "stopped") throw new SimulatorError(409, `vm must be stopped to start (current state: ${e.rec.state})`);
-        return beginWake(e, "start");
-      } catch (err) {
-        return Promise.reject(err);
-      }
-    },
+    restore: (id, caller) => wakeFrom(id, caller, "snapshotted", "restore"),
+    start: (id, caller) => wakeFrom(id, caller, "stopped", "start"),
 
     async deleteVm(id, caller) {
       const e = find(id, caller);
