@@ -55,6 +55,7 @@ function benchPlatform(): VmPlatform {
     get: async (id) => (id === VM_ID ? { ...vm } : undefined),
     list: async () => [{ ...vm }],
     wake: async () => ({ ...vm }),
+    sleep: async () => ({ ...vm }),
   };
 }
 

@@ -269,7 +269,7 @@ async function hotPath(): Promise<HotRow[]> {
   await insertRoute(database, { id: "rt_bench", vmId: info.id, subdomain: "bench", targetPort: info.port, autoWake: true });
   await insertRoute(database, { id: "rt_side", vmId: info.id, subdomain: "side", targetPort: info.port, autoWake: true });
   const vms = new Map<string, Vm>([[info.id, { id: info.id, state: "running", guest_ip: info.ip }]]);
-  const platform = { kind: "simulator", get: async () => undefined, list: async () => [], wake: async () => Promise.reject(new Error("unused")) } as VmPlatform;
+  const platform = { kind: "simulator", get: async () => undefined, list: async () => [], wake: async () => Promise.reject(new Error("unused")), sleep: async () => Promise.reject(new Error("unused")) } as VmPlatform;
   const proxy = createWakeProxy({ config: testConfig({ baseDomain: "hatch.local" }), database, platform, directory: staticDirectory(vms), log: silentLogger }, { embedded: false });
   const server = await startWakeServer(proxy, { host: "127.0.0.1", port: 0 });
   const naive = naiveProxy(info.ip, info.port);

@@ -1,6 +1,6 @@
-/** VmPlatform over Hatch's REST VM API (GET /vms, GET /vms/:id, POST /vms/:id/restore|start). */
+/** VmPlatform over Hatch's REST VM API (GET /vms, GET /vms/:id, POST /vms/:id/restore|start|snapshot|stop). */
 import * as v from "valibot";
-import { PlatformUnavailableError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
+import { PlatformUnavailableError, SleepError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
 
 export interface HatchClientOptions {
   /** Base URL of Hatch's API, e.g. http://127.0.0.1:8080 (no trailing slash needed). */
@@ -174,6 +174,27 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
         if (signal?.aborted) throw new WakeError("failed", "failed to wake vm: aborted", { cause: err });
         if (err instanceof PlatformUnavailableError) throw failed(err.message, err);
         throw failed("unexpected error", err);
+      }
+    },
+
+    async sleep(id, action, callOpts) {
+      const key = keyOf(callOpts, opts.apiKey);
+      const timeoutMs = callOpts?.timeoutMs ?? opts.timeoutMs;
+      const deadline = AbortSignal.timeout(timeoutMs);
+      const vmPath = `/vms/${encodeURIComponent(id)}`;
+      try {
+        const a = await call("POST", `${vmPath}/${action}`, key, deadline, callOpts?.signal);
+        if (a.status === 404) throw new SleepError("not_found", "vm not found");
+        if (a.status === 409) throw new SleepError("conflict", scrubKey(errorText(a) || `${action} refused (409)`, key));
+        if (a.status < 200 || a.status >= 300) throw new SleepError("failed", scrubKey(`failed to ${action} vm: ${errorText(a) || `answered ${a.status}`}`, key));
+        // A snapshot answers with the snapshot object, stop with the VM: read the VM either way.
+        const vm = await get(id, key, deadline, callOpts?.signal);
+        if (!vm) throw new SleepError("not_found", "vm not found");
+        return vm;
+      } catch (err) {
+        if (err instanceof SleepError) throw err;
+        if (deadline.aborted) throw new SleepError("timeout", `vm did not ${action} within ${timeoutMs} ms`, { cause: err });
+        throw err;
       }
     },
   };

@@ -43,6 +43,26 @@ export interface VmPlatform {
    * Resolves with the VM once the platform reports it running. Throws WakeError.
    */
   wake(id: string, opts?: CallOptions & { timeoutMs?: number }): Promise<Vm>;
+  /**
+   * Puts a running VM to sleep: `snapshot` (memory kept, fast restore) or `stop`. Resolves with the
+   * VM in its new state. Throws SleepError (or PlatformUnavailableError when the platform cannot be asked).
+   */
+  sleep(id: string, action: SleepAction, opts?: CallOptions & { timeoutMs?: number }): Promise<Vm>;
+}
+
+/** How a VM is put to sleep (HATCH_IDLE_ACTION). */
+export type SleepAction = "snapshot" | "stop";
+
+/** A sleep the platform refused or failed: `not_found`, `conflict` (not running), `failed`, `timeout`. */
+export class SleepError extends Error {
+  constructor(
+    readonly reason: "not_found" | "conflict" | "failed" | "timeout",
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "SleepError";
+  }
 }
 
 /** The platform could not be asked (timeout, connection refused, 5xx): not an answer about the VM. */

@@ -35,6 +35,11 @@ export function fakePlatform(vms: Vm[] = []) {
       vm.state = "running";
       return { ...vm };
     },
+    async sleep(id, action) {
+      const vm = byId.get(id)!;
+      vm.state = action === "stop" ? "stopped" : "snapshotted";
+      return { ...vm };
+    },
   };
   return {
     platform,

@@ -1,5 +1,5 @@
 /** The simulator as an in-process VmPlatform (no HTTP hop), with the same scoping as its REST API. */
-import { WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
+import { SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
 import { ownerOfKey, SimulatorError, type SimulatorCore, type SimVm } from "./core.ts";
 
 /** A VmPlatform of kind "simulator" over `core`; `userKey` scopes like a request's API key. */
@@ -68,6 +68,19 @@ export function createSimulatorPlatform(core: SimulatorCore): VmPlatform {
           },
         );
       });
+    },
+    async sleep(id, action, opts) {
+      const caller = callerOf(opts);
+      try {
+        return action === "stop" ? await core.stop(id, caller) : await core.snapshot(id, caller);
+      } catch (err) {
+        if (err instanceof SimulatorError) {
+          if (err.status === 404) throw new SleepError("not_found", "vm not found", { cause: err });
+          if (err.status === 409) throw new SleepError("conflict", err.message, { cause: err });
+          throw new SleepError("failed", `failed to ${action} vm: ${err.message}`, { cause: err });
+        }
+        throw err;
+      }
     },
   };
 }
