@@ -38,7 +38,25 @@ const vmsOf = (...list: Vm[]) => new Map(list.map((v) => [v.id, v]));
 const route = (id: string, vmId: string, subdomain: string, targetPort = 8080): RouteLike => ({ id, vmId, subdomain, targetPort });
 
 describe("buildDynamicConfig", () => {
-  it("gives running routes a router and service, and sends everything else to the catch-all", () => {
+  const catchAll = {
+    rule: "HostRegexp(`^[a-z0-9-]+\\.hatch\\.local$`)",
+    service: "hatch-wake",
+    entryPoints: ["web"],
+    priority: 1,
+  };
+  const streams = {
+    rule: "HostRegexp(`^[a-z0-9-]+\\.hatch\\.local$`) && (HeaderRegexp(`Upgrade`, `.`) || HeaderRegexp(`Accept`, `(?i)text/event-stream`))",
+    service: "hatch-wake",
+    entryPoints: ["web"],
+    priority: 10_000,
+  };
+  const fallback = {
+    "hatch-sleep-fallback": {
+      errors: { query: "/.well-known/hatch-proxy/sleep-fallback?status={status}&url={url}", service: "hatch-wake", status: ["502", "504"] },
+    },
+  };
+
+  it("gives running routes two routers (GET/HEAD with the sleep fallback, then any method) and a service, and sends everything else to the catch-all", () => {
     const routes = [
       route("rt_run", "vm_a", "app"),
       route("rt_run2", "vm_a", "app-admin", 3000),
@@ -49,17 +67,17 @@ describe("buildDynamicConfig", () => {
     ];
     const vms = vmsOf(vm("vm_a", "running"), vm("vm_b", "snapshotted"), vm("vm_c", "stopped"), vm("vm_d", "starting"));
     const doc = buildDynamicConfig(routes, vms, base);
+    const getOnly = (host: string) => `Host(\`${host}\`) && (Method(\`GET\`) || Method(\`HEAD\`))`;
     expect(doc).toEqual({
       http: {
+        middlewares: fallback,
         routers: {
           rt_run: { rule: "Host(`app.hatch.local`)", service: "rt_run", entryPoints: ["web"] },
+          "rt_run-get": { rule: getOnly("app.hatch.local"), service: "rt_run", entryPoints: ["web"], middlewares: ["hatch-sleep-fallback"] },
           rt_run2: { rule: "Host(`app-admin.hatch.local`)", service: "rt_run2", entryPoints: ["web"] },
-          "hatch-wake": {
-            rule: "HostRegexp(`^[a-z0-9-]+\\.hatch\\.local$`)",
-            service: "hatch-wake",
-            entryPoints: ["web"],
-            priority: 1,
-          },
+          "rt_run2-get": { rule: getOnly("app-admin.hatch.local"), service: "rt_run2", entryPoints: ["web"], middlewares: ["hatch-sleep-fallback"] },
+          "hatch-streams": streams,
+          "hatch-wake": catchAll,
         },
         services: {
           rt_run: { loadBalancer: { servers: [{ url: "http://172.16.0.10:8080" }], passHostHeader: true } },
@@ -73,9 +91,9 @@ describe("buildDynamicConfig", () => {
 
   it("has only the catch-all when no VM runs (a new route works at once through the sidecar)", () => {
     const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "snapshotted")), base);
-    expect(Object.keys(doc.http.routers)).toEqual(["hatch-wake"]);
+    expect(Object.keys(doc.http.routers)).toEqual(["hatch-streams", "hatch-wake"]);
     expect(Object.keys(doc.http.services)).toEqual(["hatch-wake"]);
-    expect(doc.http.middlewares).toBeUndefined();
+    expect(doc.http.middlewares).toEqual(fallback);
     lint(doc);
   });
 
@@ -122,7 +140,7 @@ describe("buildDynamicConfig", () => {
       const v2 = [...vms].sort(() => rnd() - 0.5);
       expect(stableStringify(buildDynamicConfig(r2, vmsOf(...v2), base))).toBe(first);
     }
-    expect(Object.keys(JSON.parse(first).http.routers)).toHaveLength(101);
+    expect(Object.keys(JSON.parse(first).http.routers)).toHaveLength(2 * 100 + 2);
     expect(makeSnapshot(first, 0, 1).etag).toBe(makeSnapshot(first, 0, 2).etag);
   });
 
@@ -132,7 +150,7 @@ describe("buildDynamicConfig", () => {
       entryPoints: ["web", "websecure"],
       apiUrl: "http://127.0.0.1:8080",
     });
-    for (const name of ["rt_a", "hatch-wake", "hatch-api"]) expect(doc.http.routers[name]!.entryPoints).toEqual(["web", "websecure"]);
+    for (const name of ["rt_a", "rt_a-get", "hatch-wake", "hatch-streams", "hatch-api"]) expect(doc.http.routers[name]!.entryPoints).toEqual(["web", "websecure"]);
     lint(doc);
   });
 
@@ -145,8 +163,7 @@ describe("buildDynamicConfig", () => {
     });
     const tls = { certResolver: "le", domains: [{ main: "hatch.local", sans: ["*.hatch.local"] }] };
     expect(doc.http.routers.rt_a).toEqual({ rule: "Host(`a.hatch.local`)", service: "rt_a", entryPoints: ["websecure"], tls });
-    expect(doc.http.routers["hatch-wake"]!.tls).toEqual(tls);
-    expect(doc.http.routers["hatch-api"]!.tls).toEqual(tls);
+    for (const name of ["rt_a-get", "hatch-wake", "hatch-streams", "hatch-api"]) expect(doc.http.routers[name]!.tls).toEqual(tls);
     lint(doc);
   });
 
@@ -155,18 +172,24 @@ describe("buildDynamicConfig", () => {
     expect(json).not.toContain("tls");
   });
 
-  it("adds the wake secret middleware to the catch-all only when a secret is set", () => {
-    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), { ...base, wakeSecret: "s3cret" });
+  it("adds the wake secret middleware to the routers to the sidecar only when a secret is set, and the secret (encoded) to the fallback query", () => {
+    const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), { ...base, wakeSecret: "s3cret&x=1" });
     expect(doc.http.middlewares).toEqual({
-      "hatch-wake-auth": { headers: { customRequestHeaders: { "X-Hatch-Wake-Secret": "s3cret" } } },
+      "hatch-sleep-fallback": {
+        // The errors middleware sends no custom header: the secret rides in the query, percent-encoded.
+        errors: { query: "/.well-known/hatch-proxy/sleep-fallback?token=s3cret%26x%3D1&status={status}&url={url}", service: "hatch-wake", status: ["502", "504"] },
+      },
+      "hatch-wake-auth": { headers: { customRequestHeaders: { "X-Hatch-Wake-Secret": "s3cret&x=1" } } },
     });
     expect(doc.http.routers["hatch-wake"]!.middlewares).toEqual(["hatch-wake-auth"]);
+    expect(doc.http.routers["hatch-streams"]!.middlewares).toEqual(["hatch-wake-auth"]);
     // Direct routes go to the VM, never through the sidecar's secret.
     expect(doc.http.routers.rt_a!.middlewares).toBeUndefined();
+    expect(doc.http.routers["rt_a-get"]!.middlewares).toEqual(["hatch-sleep-fallback"]);
     lint(doc);
   });
 
-  it("publishes the route API on api.<base> with priority 100, out of reach of any route", () => {
+  it("publishes the route API on api.<base> above every other router, out of reach of any route", () => {
     const doc = buildDynamicConfig(
       [route("rt_api", "vm_a", "api"), route("rt_b", "vm_a", "b")],
       vmsOf(vm("vm_a", "running")),
@@ -176,19 +199,20 @@ describe("buildDynamicConfig", () => {
       rule: "Host(`api.hatch.local`) && !PathPrefix(`/traefik`)",
       service: "hatch-api",
       entryPoints: ["web"],
-      priority: 100,
+      priority: 20_000,
     });
     expect(doc.http.services["hatch-api"]).toEqual({ loadBalancer: { servers: [{ url: "http://10.1.2.3:8080" }], passHostHeader: true } });
     // A route named `api` (impossible through the API) gets no router to compete with it.
     expect(doc.http.routers.rt_api).toBeUndefined();
-    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-wake", "rt_b"]);
+    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-streams", "hatch-wake", "rt_b", "rt_b-get"]);
     lint(doc);
   });
 
   it("names objects after the route id, hashing ids Traefik could misread", () => {
     expect(routeObjectName("rt_abc123")).toBe("rt_abc123");
     expect(routeObjectName("rt-abc")).toBe("rt-abc");
-    for (const id of ["rt@http", "rt.a", "hatch-wake", "hatch-api", "a b"]) {
+    // An id ending in -get would collide with another route's GET router.
+    for (const id of ["rt@http", "rt.a", "hatch-wake", "hatch-api", "hatch-streams", "a b", "rt_x-get"]) {
       const name = routeObjectName(id);
       expect(name).toMatch(/^rt-x[0-9a-f]{24}$/);
       expect(routeObjectName(id)).toBe(name);

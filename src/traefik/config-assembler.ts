@@ -6,15 +6,16 @@
  * JSON.stringify(buildDynamicConfig(...)).
  */
 import type { Vm } from "../vms/platform.ts";
-import { buildDynamicConfig, routeObjectName, type RouteLike, type TraefikSettings } from "./config-builder.ts";
+import { buildDynamicConfig, routeObjects, type RouteLike, type TraefikSettings } from "./config-builder.ts";
+
+/** One serialized object: its name and `"<name>":<json>`. */
+type Entry = [string, string];
 
 interface Piece {
   route: RouteLike;
   ip: string;
-  name: string;
-  /** `"<name>":<router json>` and `"<name>":<service json>`. */
-  router: string;
-  service: string;
+  routers: Entry[];
+  service: Entry;
 }
 
 export interface ConfigAssembler {
@@ -22,20 +23,16 @@ export interface ConfigAssembler {
   assemble(routes: readonly RouteLike[], vms: ReadonlyMap<string, Vm>): { json: string; routers: number };
 }
 
-const byName = (a: Piece, b: Piece) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+const byName = (a: Entry, b: Entry) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+const entry = (name: string, value: unknown): Entry => [name, `${JSON.stringify(name)}:${JSON.stringify(value)}`];
 
 /** An assembler for fixed settings; keep one per config service so its cache lives across builds. */
 export function createConfigAssembler(settings: TraefikSettings): ConfigAssembler {
-  // The fixed objects (catch-all, API router, middleware) as the builder makes them with no route.
+  // The fixed objects (catch-all, streams and API routers, middlewares) as the builder makes them with no route.
   const fixedDoc = buildDynamicConfig([], new Map(), settings).http;
-  const fixed: Piece[] = Object.keys(fixedDoc.routers).map((name) => ({
-    route: { id: name, vmId: "", subdomain: "", targetPort: 0 },
-    ip: "",
-    name,
-    router: `${JSON.stringify(name)}:${JSON.stringify(fixedDoc.routers[name])}`,
-    service: `${JSON.stringify(name)}:${JSON.stringify(fixedDoc.services[name])}`,
-  }));
-  const head = fixedDoc.middlewares ? `{"http":{"middlewares":${JSON.stringify(fixedDoc.middlewares)},"routers":{` : `{"http":{"routers":{`;
+  const fixedRouters = Object.entries(fixedDoc.routers).map(([name, r]) => entry(name, r));
+  const fixedServices = Object.entries(fixedDoc.services).map(([name, sv]) => entry(name, sv));
+  const head = `{"http":{"middlewares":${JSON.stringify(fixedDoc.middlewares)},"routers":{`;
   let cache = new Map<string, Piece>();
 
   function pieceFor(route: RouteLike, vm: Vm): Piece | undefined {
@@ -50,33 +47,30 @@ export function createConfigAssembler(settings: TraefikSettings): ConfigAssemble
     ) {
       return cached;
     }
-    const one = buildDynamicConfig([route], new Map([[route.vmId, vm]]), settings).http;
-    const name = routeObjectName(route.id);
-    const router = one.routers[name];
-    if (!router) return undefined;
-    const key = JSON.stringify(name);
-    return { route, ip: vm.guest_ip, name, router: `${key}:${JSON.stringify(router)}`, service: `${key}:${JSON.stringify(one.services[name])}` };
+    if (settings.apiUrl && route.subdomain === "api") return undefined;
+    const o = routeObjects(route, vm.guest_ip, settings);
+    return { route, ip: vm.guest_ip, routers: o.routers.map(([n, r]) => entry(n, r)), service: entry(o.service[0], o.service[1]) };
   }
 
   return {
     assemble(routes, vms) {
       const next = new Map<string, Piece>();
-      const named = new Map<string, Piece>();
-      for (const p of fixed) named.set(p.name, p);
+      // As in the builder's object, a later route with the same name replaces an earlier one.
+      const routers = new Map<string, Entry>(fixedRouters.map((e) => [e[0], e]));
+      const services = new Map<string, Entry>(fixedServices.map((e) => [e[0], e]));
       for (const route of routes) {
         const vm = vms.get(route.vmId);
         if (!vm || vm.state !== "running" || !vm.guest_ip) continue;
         const piece = pieceFor(route, vm);
         if (!piece) continue;
         next.set(route.id, piece);
-        // As in the builder's object, a later route with the same name replaces an earlier one.
-        named.set(piece.name, piece);
+        for (const r of piece.routers) routers.set(r[0], r);
+        services.set(piece.service[0], piece.service);
       }
       cache = next;
-      const pieces = [...named.values()].sort(byName);
-      const routers = pieces.map((p) => p.router).join(",");
-      const services = pieces.map((p) => p.service).join(",");
-      return { json: `${head}${routers}},"services":{${services}}}}`, routers: pieces.length };
+      const r = [...routers.values()].sort(byName);
+      const sv = [...services.values()].sort(byName);
+      return { json: `${head}${r.map((e) => e[1]).join(",")}},"services":{${sv.map((e) => e[1]).join(",")}}}}`, routers: r.length };
     },
   };
 }

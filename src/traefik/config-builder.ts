@@ -22,20 +22,36 @@ export interface TraefikSettings {
   /** Added by Traefik as X-Hatch-Wake-Secret on requests to the sidecar. */
   wakeSecret?: string | undefined;
   certResolver?: string | undefined;
-  /** The route API, published as `api.<base>` with priority 100. */
+  /** The route API, published as `api.<base>` above every other router. */
   apiUrl?: string | undefined;
 }
 
 export const WAKE_ROUTER = "hatch-wake";
 export const WAKE_SERVICE = "hatch-wake";
 export const WAKE_MIDDLEWARE = "hatch-wake-auth";
+export const STREAMS_ROUTER = "hatch-streams";
+export const FALLBACK_MIDDLEWARE = "hatch-sleep-fallback";
 export const API_ROUTER = "hatch-api";
 export const API_SERVICE = "hatch-api";
 export const WAKE_SECRET_HEADER = "X-Hatch-Wake-Secret";
-/** Above any route router's default priority (rule length) for ordinary base domains, far above the catch-all. */
-export const API_PRIORITY = 100;
+/** Suffix of a route's second router, the one for GET and HEAD that falls back to the sidecar. */
+export const GET_ROUTER_SUFFIX = "-get";
+/**
+ * Explicit priorities, far above any default (a router's default priority is its rule's length,
+ * under 400 for any route): the API router first, then upgrades and event streams to the sidecar,
+ * then the routes' own routers by rule length, the catch-all last.
+ */
+export const API_PRIORITY = 20_000;
+export const STREAMS_PRIORITY = 10_000;
 /** The path prefix the API router never forwards, so the provider endpoint is not reachable through Traefik. */
 export const PROVIDER_PATH_PREFIX = "/traefik";
+/** Where Traefik's errors middleware re-asks the sidecar for a GET that a sleeping VM failed. */
+export const FALLBACK_PATH = "/.well-known/hatch-proxy/sleep-fallback";
+/**
+ * Statuses Traefik answers itself when a VM's port is gone (refused, reset: 502; dial timeout: 504).
+ * 503 is left to the apps: Traefik does not produce it for a single-server service.
+ */
+export const FALLBACK_STATUSES = ["502", "504"];
 
 // Keys are declared (and created) in sorted order: entryPoints, middlewares, priority, rule, service, tls.
 type Router = {
@@ -47,10 +63,13 @@ type Router = {
   tls?: { certResolver: string; domains: { main: string; sans: string[] }[] };
 };
 type Service = { loadBalancer: { passHostHeader: boolean; servers: { url: string }[] } };
+type Middleware =
+  | { headers: { customRequestHeaders: Record<string, string> } }
+  | { errors: { query: string; service: string; status: string[] } };
 
 export interface DynamicConfig {
   http: {
-    middlewares?: Record<string, { headers: { customRequestHeaders: Record<string, string> } }>;
+    middlewares: Record<string, Middleware>;
     routers: Record<string, Router>;
     services: Record<string, Service>;
   };
@@ -66,16 +85,34 @@ export function catchAllRule(baseDomain: string): string {
   return `HostRegexp(\`^[a-z0-9-]+\\.${escapeRegexp(baseDomain)}$\`)`;
 }
 
+/** Requests that hold a connection open (WebSocket and other upgrades, server-sent events): always through the sidecar, which sees them open. */
+export function streamsRule(baseDomain: string): string {
+  return `${catchAllRule(baseDomain)} && (HeaderRegexp(\`Upgrade\`, \`.\`) || HeaderRegexp(\`Accept\`, \`(?i)text/event-stream\`))`;
+}
+
+/** The errors-middleware query: the original URL and status, and the wake secret (the middleware sends no custom header). */
+export function fallbackQuery(wakeSecret: string | undefined): string {
+  const token = wakeSecret ? `token=${encodeURIComponent(wakeSecret)}&` : "";
+  return `${FALLBACK_PATH}?${token}status={status}&url={url}`;
+}
+
 const SAFE_NAME = /^[A-Za-z0-9_-]+$/;
-const RESERVED_NAMES = new Set([WAKE_ROUTER, WAKE_SERVICE, WAKE_MIDDLEWARE, API_ROUTER, API_SERVICE]);
+const RESERVED_NAMES = new Set([WAKE_ROUTER, WAKE_SERVICE, WAKE_MIDDLEWARE, STREAMS_ROUTER, FALLBACK_MIDDLEWARE, API_ROUTER, API_SERVICE]);
 
 /**
  * The router/service name of a route. Route ids are already safe (`rt_…`); anything else (an `@`,
- * a dot, a clash with our own names) is replaced by a stable hash so no id can break the payload.
+ * a dot, a clash with our own names or with another route's GET router) is replaced by a stable
+ * hash so no id can break the payload.
  */
 export function routeObjectName(id: string): string {
-  if (SAFE_NAME.test(id) && !RESERVED_NAMES.has(id)) return id;
+  if (SAFE_NAME.test(id) && !RESERVED_NAMES.has(id) && !id.endsWith(GET_ROUTER_SUFFIX)) return id;
   return `rt-x${createHash("sha256").update(id).digest("hex").slice(0, 24)}`;
+}
+
+/** The names of a route's two routers (its service has the first name). */
+export function routeRouterNames(id: string): [string, string] {
+  const name = routeObjectName(id);
+  return [name, name + GET_ROUTER_SUFFIX];
 }
 
 function hostUrl(ip: string, port: number): string {
@@ -83,8 +120,39 @@ function hostUrl(ip: string, port: number): string {
 }
 
 /**
- * Builds the dynamic configuration: a router and service per route whose VM is `running`, one
- * catch-all (priority 1) to the wake sidecar for everything else, and the `api.<base>` router.
+ * A running route's routers and service: `<name>` for every method, and `<name>-get` (longer rule,
+ * so tried first) for GET and HEAD with the sleep fallback: if the VM went to sleep behind
+ * Traefik's back, the errors middleware re-asks the sidecar, which wakes it and answers.
+ */
+export function routeObjects(route: RouteLike, guestIp: string, s: TraefikSettings): { routers: [string, Router][]; service: [string, Service] } {
+  const entryPoints = [...s.entryPoints];
+  const tls = tlsOf(s);
+  const [name, getName] = routeRouterNames(route.id);
+  const host = "Host(`" + route.subdomain + "." + s.baseDomain + "`)";
+  const plain: Router = { entryPoints, rule: host, service: name };
+  const get: Router = { entryPoints, middlewares: [FALLBACK_MIDDLEWARE], rule: `${host} && (Method(\`GET\`) || Method(\`HEAD\`))`, service: name };
+  if (tls) {
+    plain.tls = tls;
+    get.tls = tls;
+  }
+  return {
+    routers: [
+      [name, plain],
+      [getName, get],
+    ],
+    service: [name, { loadBalancer: { passHostHeader: true, servers: [{ url: hostUrl(guestIp, route.targetPort) }] } }],
+  };
+}
+
+function tlsOf(s: TraefikSettings) {
+  return s.certResolver ? { certResolver: s.certResolver, domains: [{ main: s.baseDomain, sans: [`*.${s.baseDomain}`] }] } : undefined;
+}
+
+const byKey = <T>(a: [string, T], b: [string, T]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+
+/**
+ * Builds the dynamic configuration: two routers and a service per route whose VM is `running`, the
+ * streams router and the catch-all (priority 1) to the wake sidecar, and the `api.<base>` router.
  * Objects are created with their keys already in sorted order, so stableStringify has nothing to
  * reorder on the hot path (100k routes).
  */
@@ -93,12 +161,10 @@ export function buildDynamicConfig(
   vms: ReadonlyMap<string, Vm>,
   s: TraefikSettings,
 ): DynamicConfig {
-  const tls = s.certResolver
-    ? { certResolver: s.certResolver, domains: [{ main: s.baseDomain, sans: [`*.${s.baseDomain}`] }] }
-    : undefined;
+  const tls = tlsOf(s);
   const entryPoints = [...s.entryPoints];
-  const suffix = `.${s.baseDomain}\`)`;
-  const direct: [string, Router, Service][] = [];
+  const routers: [string, Router][] = [];
+  const services: [string, Service][] = [];
 
   for (const r of routes) {
     // A route called `api` cannot be created through the API; should one exist anyway, it must not
@@ -106,17 +172,20 @@ export function buildDynamicConfig(
     if (s.apiUrl && r.subdomain === "api") continue;
     const vm = vms.get(r.vmId);
     if (!vm || vm.state !== "running" || !vm.guest_ip) continue;
-    const name = routeObjectName(r.id);
-    const router: Router = { entryPoints, rule: "Host(`" + r.subdomain + suffix, service: name };
-    if (tls) router.tls = tls;
-    direct.push([name, router, { loadBalancer: { passHostHeader: true, servers: [{ url: hostUrl(vm.guest_ip, r.targetPort) }] } }]);
+    const objects = routeObjects(r, vm.guest_ip, s);
+    routers.push(...objects.routers);
+    services.push(objects.service);
   }
 
-  const wakeRouter: Router = s.wakeSecret
-    ? { entryPoints, middlewares: [WAKE_MIDDLEWARE], priority: 1, rule: catchAllRule(s.baseDomain), service: WAKE_SERVICE }
-    : { entryPoints, priority: 1, rule: catchAllRule(s.baseDomain), service: WAKE_SERVICE };
-  if (tls) wakeRouter.tls = tls;
-  direct.push([WAKE_ROUTER, wakeRouter, { loadBalancer: { passHostHeader: true, servers: [{ url: s.wakeUrl }] } }]);
+  const auth = s.wakeSecret ? { middlewares: [WAKE_MIDDLEWARE] } : {};
+  const wakeRouter: Router = { entryPoints, ...auth, priority: 1, rule: catchAllRule(s.baseDomain), service: WAKE_SERVICE };
+  const streamsRouter: Router = { entryPoints, ...auth, priority: STREAMS_PRIORITY, rule: streamsRule(s.baseDomain), service: WAKE_SERVICE };
+  if (tls) {
+    wakeRouter.tls = tls;
+    streamsRouter.tls = tls;
+  }
+  routers.push([WAKE_ROUTER, wakeRouter], [STREAMS_ROUTER, streamsRouter]);
+  services.push([WAKE_SERVICE, { loadBalancer: { passHostHeader: true, servers: [{ url: s.wakeUrl }] } }]);
 
   if (s.apiUrl) {
     const apiRouter: Router = {
@@ -127,20 +196,15 @@ export function buildDynamicConfig(
       service: API_SERVICE,
     };
     if (tls) apiRouter.tls = tls;
-    direct.push([API_ROUTER, apiRouter, { loadBalancer: { passHostHeader: true, servers: [{ url: s.apiUrl }] } }]);
+    routers.push([API_ROUTER, apiRouter]);
+    services.push([API_SERVICE, { loadBalancer: { passHostHeader: true, servers: [{ url: s.apiUrl }] } }]);
   }
 
-  direct.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  const routers: Record<string, Router> = {};
-  const services: Record<string, Service> = {};
-  for (const [name, router, service] of direct) {
-    routers[name] = router;
-    services[name] = service;
-  }
-  const middlewares = s.wakeSecret
-    ? { [WAKE_MIDDLEWARE]: { headers: { customRequestHeaders: { [WAKE_SECRET_HEADER]: s.wakeSecret } } } }
-    : undefined;
-  return { http: middlewares ? { middlewares, routers, services } : { routers, services } };
+  const middlewares: Record<string, Middleware> = {
+    [FALLBACK_MIDDLEWARE]: { errors: { query: fallbackQuery(s.wakeSecret), service: WAKE_SERVICE, status: [...FALLBACK_STATUSES] } },
+  };
+  if (s.wakeSecret) middlewares[WAKE_MIDDLEWARE] = { headers: { customRequestHeaders: { [WAKE_SECRET_HEADER]: s.wakeSecret } } };
+  return { http: { middlewares, routers: Object.fromEntries(routers.sort(byKey)), services: Object.fromEntries(services.sort(byKey)) } };
 }
 
 /**
