@@ -3,7 +3,7 @@ import { Registry } from "prom-client";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
-import { MIGRATIONS_DIR } from "../db/client.ts";
+import { MIGRATIONS_DIR, queryRows } from "../db/client.ts";
 import type { ApiDeps, ApiEnv } from "./app.ts";
 
 /** A named readiness probe: resolves to undefined when fine, or a short reason when not. */
@@ -29,8 +29,7 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     {
       name: "migrations",
       async check() {
-        const res = (await deps.database.db.execute(sql`select count(*)::int as n from drizzle.__drizzle_migrations`)) as unknown;
-        const rows = (Array.isArray(res) ? res : (res as { rows: { n: number }[] }).rows) as { n: number }[];
+        const rows = await queryRows<{ n: number }>(deps.database, sql`select count(*)::int as n from drizzle.__drizzle_migrations`);
         const n = Number(rows[0]?.n ?? 0);
         return n >= expectedMigrations ? undefined : `${n} of ${expectedMigrations} migrations applied`;
       },

@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { sql } from "drizzle-orm";
-import type { Database } from "../db/client.ts";
+import { queryRows, type Database } from "../db/client.ts";
 import type { RouteLike } from "./config-builder.ts";
 
 export interface Fingerprint {
@@ -21,11 +21,9 @@ export function rowFingerprint(r: RouteLike): number {
 
 /** The fingerprint of the whole routes table, computed by the database. */
 export async function routesFingerprint(database: Database): Promise<Fingerprint> {
-  const result: unknown = await database.db.execute(
+  const [row] = await queryRows<{ n: number; s: string }>(
+    database,
     sql`select count(*)::int as n, coalesce(sum(('x' || substr(md5(id || '/' || vm_id || '/' || subdomain || '/' || target_port::text), 1, 8))::bit(32)::bigint), 0)::text as s from routes`,
   );
-  // postgres.js returns the rows, PGlite an object holding them.
-  const rows = (Array.isArray(result) ? result : (result as { rows: unknown[] }).rows) as { n: number; s: string }[];
-  const row = rows[0]!;
-  return { count: Number(row.n), sum: Number(row.s) };
+  return { count: Number(row!.n), sum: Number(row!.s) };
 }
