@@ -482,6 +482,9 @@ describe.skipIf(!traefikBinary())("Traefik with compose.yaml's flags", () => {
       refresh: async () => {},
       health: () => ({ ready: true, lastError: undefined, lastSuccessAt: Date.now() }),
       notReadyReason: () => "",
+      routersOf: () => [],
+      vmOfService: () => undefined,
+      routedVms: () => [],
     };
     // In compose Traefik is another container: not a loopback client, so only the token opens the endpoint.
     const app = new Hono();

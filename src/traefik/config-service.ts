@@ -11,8 +11,9 @@ import { ROUTES_CHANNEL } from "../db/client.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
+import type { SleepWatch } from "../lifecycle/sleep-watch.ts";
 import { createConfigAssembler } from "./config-assembler.ts";
-import type { RouteLike, TraefikSettings } from "./config-builder.ts";
+import { routeObjectName, routeRouterNames, type RouteLike, type TraefikSettings } from "./config-builder.ts";
 import { routesFingerprint, rowFingerprint, type Fingerprint } from "./routes-fingerprint.ts";
 
 /** One built configuration; the same routes and states always give the same `json` and `etag`. */
@@ -49,6 +50,12 @@ export interface ConfigService {
   health(): ConfigServiceHealth;
   /** Why there is no config yet (for the 503 body). */
   notReadyReason(): string;
+  /** Names of the routers a VM's routes get while it runs (two per route), from the cached routes. */
+  routersOf(vmId: string): string[];
+  /** The VM a route service name belongs to (Traefik's metrics name services, not VMs). */
+  vmOfService(service: string): string | undefined;
+  /** VMs that have at least one route (cached). */
+  routedVms(): string[];
 }
 
 export interface ConfigServiceDeps {
@@ -58,6 +65,8 @@ export interface ConfigServiceDeps {
   log: Logger;
   /** Interval of the fingerprint check that heals lost notifications with a full re-read (default 5 s). */
   resyncMs?: number;
+  /** Sleeps in progress: their VMs' direct routers stay out even while the VMs still run. */
+  sleeps?: SleepWatch | undefined;
 }
 
 /** The builder settings derived from the process configuration. */
@@ -115,6 +124,8 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   let fp: Fingerprint = { count: 0, sum: 0 };
   const vmFp = new Map<string, Fingerprint>();
   let snapshot: ConfigSnapshot | undefined;
+  // service name → VM id, rebuilt lazily after the routes change.
+  let services: Map<string, string> | undefined;
   let lastError: string | undefined;
   let lastSuccessAt: number | undefined;
   let reason = "starting";
@@ -138,6 +149,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
 
   /** Replaces one VM's routes in the cache and in its fingerprint. */
   function setVm(vmId: string, list: RouteLike[] | undefined) {
+    services = undefined;
     const old = vmFp.get(vmId);
     if (old) fp = { count: fp.count - old.count, sum: fp.sum - old.sum };
     if (!list?.length) {
@@ -161,6 +173,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
         else grouped.set(r.vmId, [slim(r)]);
       }
       byVm = new Map();
+      services = undefined;
       vmFp.clear();
       fp = { count: 0, sum: 0 };
       for (const [vmId, list] of grouped) setVm(vmId, list);
@@ -192,8 +205,10 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     // route, which dominates at 100k routes with 10% running. The builder still checks each state.
     const vms = directory.all();
     const routes: RouteLike[] = [];
+    // A VM being put to sleep keeps running for a while, but its requests must reach the sidecar.
+    const asleep = deps.sleeps?.vmIds();
     for (const [id, vm] of vms) {
-      if (vm.state !== "running") continue;
+      if (vm.state !== "running" || asleep?.has(id)) continue;
       const list = byVm.get(id);
       if (list) for (const r of list) routes.push(r);
     }
@@ -272,10 +287,16 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   return {
     async start() {
       stopped = false;
-      unsubscribe = directory.onChange(() => {
+      const rebuild = () => {
         wantBuild = true;
         void kick();
-      });
+      };
+      const offDirectory = directory.onChange(rebuild);
+      const offSleeps = deps.sleeps?.onChange(rebuild);
+      unsubscribe = () => {
+        offDirectory();
+        offSleeps?.();
+      };
       try {
         unlisten = await database.listen(ROUTES_CHANNEL, (payload) => {
           // Payload = the VM whose routes changed; anything else means "re-read everything".
@@ -321,5 +342,14 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     },
     health: () => ({ ready: snapshot !== undefined, lastError, lastSuccessAt }),
     notReadyReason: () => reason,
+    routersOf: (vmId) => (byVm?.get(vmId) ?? []).flatMap((r) => routeRouterNames(r.id)),
+    vmOfService(service) {
+      if (!services) {
+        services = new Map();
+        for (const [vmId, list] of byVm ?? []) for (const r of list) services.set(routeObjectName(r.id), vmId);
+      }
+      return services.get(service);
+    },
+    routedVms: () => [...(byVm?.keys() ?? [])],
   };
 }

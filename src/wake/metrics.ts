@@ -11,6 +11,8 @@ export interface WakeMetrics {
   waiters(n: number): void;
   /** Counts one answered request by status code. */
   request(code: number): void;
+  /** Counts one GET re-asked by Traefik's errors middleware after a direct router failed. */
+  fallback(): void;
 }
 
 /** Creates the metrics on a fresh registry. */
@@ -26,6 +28,11 @@ export function createWakeMetrics(): WakeMetrics {
   });
   const waiters = new Gauge({ name: "hatch_wake_waiters", help: "Requests currently held while their VM wakes.", registers: [registry] });
   const requests = new Counter({ name: "hatch_proxy_requests_total", help: "Requests answered by the wake proxy, by status code.", labelNames: ["code"], registers: [registry] });
+  const fallbacks = new Counter({
+    name: "hatch_sleep_fallbacks_total",
+    help: "GET/HEAD requests Traefik re-asked the sidecar for after a VM's direct router failed (a VM asleep behind Traefik's back).",
+    registers: [registry],
+  });
   for (const o of ["ok", "failed", "timeout"]) wakes.labels(o).inc(0);
   // Label lookups hash the label set on every call; the hot path keeps one child per code instead.
   const byCode = new Map<number, { inc(): void }>();
@@ -45,6 +52,9 @@ export function createWakeMetrics(): WakeMetrics {
         byCode.set(code, child);
       }
       child.inc();
+    },
+    fallback() {
+      fallbacks.inc();
     },
   };
 }

@@ -1,0 +1,209 @@
+/**
+ * Plain HTTP requests: resolve the route, ask the lifecycle, then forward to the running VM or
+ * hold until it is woken and replay (buffered body). Everything about the VM's state lives in
+ * the lifecycle; this file only moves bytes and writes answers.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Failure } from "../lifecycle/failure.ts";
+import type { Vm } from "../vms/platform.ts";
+import { bodyTooLargeMessage, declaredLength, hasNoBody, readBody } from "./body.ts";
+import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
+import { WAKING_PAGE_HEADERS, wakingPage, wantsWakingPage } from "./page.ts";
+import {
+  CLIENT_GONE,
+  coldHeaders,
+  failureBody,
+  forwardFailure,
+  isIdempotent,
+  REPLAY_RETRY_MS,
+  type ProxyContext,
+  type Routed,
+} from "./proxy-context.ts";
+
+/** The request handler for plain HTTP; never rejects (errors become answers). */
+export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  const { config, lifecycle, metrics } = ctx;
+
+  async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const r = await ctx.resolve(req);
+    if (r.kind === "fail") return sendFailure(res, r.failure);
+    const a = await lifecycle.admit(r.route, r.vm);
+    if (a.kind === "fail") return sendFailure(res, a.failure);
+    if (a.kind === "forward") return forwardRunning(req, res, { ...r, vm: a.vm }, false);
+    return wakeAndForward(req, res, r, performance.now());
+  }
+
+  /** Counts the request as open to its VM until the answer is done (or the client leaves). */
+  function tracked(res: ServerResponse, vmId: string): void {
+    const release = lifecycle.track(vmId);
+    res.once("close", release);
+  }
+
+  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean): Promise<void> {
+    const port = d.route.targetPort;
+    const target: Target = { host: d.vm.guest_ip, port };
+    const started = performance.now();
+    if (!retried) tracked(res, d.route.vmId);
+    const r = await forwardRequest(req, res, target, {
+      agent: ctx.agent,
+      headers: ctx.headersFor(req),
+      connectTimeoutMs: ctx.connectTimeoutMs,
+      responseTimeoutMs: config.wakeTimeoutMs,
+    });
+    if (r.ok) return countForwarded(req, d.vm, d.subdomain, r.status, started);
+    if (r.reason === "reset" && r.reused && !retried && hasNoBody(req) && isIdempotent(req.method)) {
+      // A kept-alive socket the VM had closed (it may have just gone to sleep): one fresh try.
+      return forwardRunning(req, res, d, true);
+    }
+    if (r.reason !== "refused" && r.reason !== "reset") return sendForwardFailure(res, r, port);
+    if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
+    // The cached state said running but nothing listens: ask the platform what the VM really is.
+    let live: Vm | undefined;
+    try {
+      live = await lifecycle.refresh(d.route.vmId);
+    } catch (err) {
+      return sendFailure(res, lifecycle.platformDown(err, d.route.vmId));
+    }
+    if (!live) return sendFailure(res, { status: 502, error: "vm not found" });
+    // Running and no sleep under way: the app itself refused. Otherwise the VM is on its way down.
+    if (live.state === "running" && !lifecycle.sleepInProgress(d.route.vmId)) return sendForwardFailure(res, r, port);
+    const next = await lifecycle.admit(d.route, live);
+    if (next.kind === "fail") return sendFailure(res, next.failure);
+    if (next.kind === "forward") return sendForwardFailure(res, r, port);
+    return wakeAndForward(req, res, { ...d, vm: live }, started);
+  }
+
+  async function wakeAndForward(req: IncomingMessage, res: ServerResponse, d: Routed, waitStart: number): Promise<void> {
+    const declared = declaredLength(req);
+    if (declared !== undefined && declared > config.wakeMaxBody) {
+      return sendTooLarge(req, res, { status: 413, error: bodyTooLargeMessage(config.wakeMaxBody) });
+    }
+    const body = hasNoBody(req) ? undefined : readBody(req, config.wakeMaxBody);
+    body?.catch(() => {});
+    const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) ? config.wakePageAfterMs : 0;
+    const onGone = (cb: () => void) => {
+      // The client may have left while the route was being resolved: 'close' has already fired.
+      if (res.destroyed) {
+        queueMicrotask(cb);
+        return () => {};
+      }
+      const listener = () => {
+        if (!res.writableFinished) cb();
+      };
+      res.once("close", listener);
+      return () => res.off("close", listener);
+    };
+    const o = await lifecycle.hold(d.route, d.subdomain, onGone, body, pageAfter);
+    switch (o.kind) {
+      case "full":
+        return sendFailure(res, lifecycle.tooManyWaiters(d.route.vmId));
+      case "gone":
+        metrics.request(CLIENT_GONE);
+        return;
+      case "page":
+        return sendPage(res, d.subdomain);
+      case "failure":
+        if (o.failure.status === 413) return sendTooLarge(req, res, o.failure);
+        return sendFailure(res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
+      case "ready":
+        tracked(res, d.route.vmId);
+        return replay(req, res, d, o.vm, o.body ?? Buffer.alloc(0), o.deadline, waitStart);
+    }
+  }
+
+  async function replay(req: IncomingMessage, res: ServerResponse, d: Routed, vm: Vm, body: Buffer, deadline: number, waitStart: number): Promise<void> {
+    const port = d.route.targetPort;
+    const target: Target = { host: vm.guest_ip, port };
+    const headers = ctx.headersFor(req);
+    for (let attempt = 0; ; attempt++) {
+      const extra = ["Server-Timing", `wake;dur=${Math.round(performance.now() - waitStart)}`, "X-Hatch-Cold-Start", "1"];
+      const r: ForwardResult = await forwardRequest(req, res, target, {
+        agent: ctx.agent,
+        headers,
+        body,
+        extraResponseHeaders: extra,
+        connectTimeoutMs: ctx.connectTimeoutMs,
+        responseTimeoutMs: config.wakeTimeoutMs,
+      });
+      if (r.ok) return countForwarded(req, vm, d.subdomain, r.status, waitStart);
+      // Only a refused connection is retried: no byte reached the VM, so nothing can run twice.
+      const again = r.reason === "refused" || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
+      if (!again || Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) {
+        return sendForwardFailure(res, r, port, coldHeaders(waitStart));
+      }
+      await new Promise((r) => setTimeout(r, REPLAY_RETRY_MS));
+    }
+  }
+
+  function countForwarded(req: IncomingMessage, vm: Vm, subdomain: string, status: number, started: number) {
+    metrics.request(status);
+    if (ctx.debug) ctx.log.debug("proxied", { vm: vm.id, subdomain, method: req.method, status, ms: Math.round(performance.now() - started) });
+  }
+
+  function sendForwardFailure(res: ServerResponse, r: Exclude<ForwardResult | UpgradeResult, { ok: true }>, port: number, headers?: Record<string, string>) {
+    if (r.reason === "client-gone") {
+      metrics.request(CLIENT_GONE);
+      return;
+    }
+    sendFailure(res, { ...forwardFailure(ctx, r, port), headers });
+  }
+
+  function sendFailure(res: ServerResponse, f: Failure): void {
+    metrics.request(f.status);
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const text = failureBody(f);
+    res.writeHead(f.status, { ...f.headers, "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  /**
+   * 413 while the client may still be uploading: the answer goes out at once, the rest of the body
+   * is read and discarded (bounded in time), and only then is the connection closed, so the
+   * client's kernel does not reset it and lose the answer.
+   */
+  function sendTooLarge(req: IncomingMessage, res: ServerResponse, f: Failure): void {
+    metrics.request(413);
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const text = JSON.stringify({ error: f.error });
+    res.writeHead(413, { "content-type": "application/json", "content-length": Buffer.byteLength(text), connection: "close" });
+    res.write(text);
+    const end = () => {
+      clearTimeout(timer);
+      res.end();
+    };
+    const timer = setTimeout(end, 2000);
+    timer.unref();
+    if (req.readableEnded) return end();
+    req.once("end", end);
+    req.once("close", end);
+    req.resume();
+  }
+
+  function sendPage(res: ServerResponse, subdomain: string): void {
+    metrics.request(503);
+    const html = wakingPage(subdomain);
+    res.writeHead(503, { ...WAKING_PAGE_HEADERS, "content-length": Buffer.byteLength(html) });
+    res.end(html);
+  }
+
+  return (req, res) =>
+    serve(req, res).catch((err: unknown) => {
+      ctx.log.error("proxy error", { err, url: req.url });
+      sendFailure(res, { status: 502, error: "proxy error" });
+    });
+}
+
+/** A failure answer on a raw socket (upgrade requests have no ServerResponse). */
+export function rawFailureText(f: Failure, statusText: string, extra?: string[]): string {
+  const text = failureBody(f);
+  const lines = [`HTTP/1.1 ${f.status} ${statusText}`, "Content-Type: application/json", `Content-Length: ${Buffer.byteLength(text)}`, "Connection: close"];
+  for (const [k, v] of Object.entries(f.headers ?? {})) lines.push(`${k}: ${v}`);
+  if (extra) for (let i = 0; i < extra.length; i += 2) lines.push(`${extra[i]}: ${extra[i + 1]}`);
+  return lines.join("\r\n") + "\r\n\r\n" + text;
+}

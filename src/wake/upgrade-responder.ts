@@ -1,0 +1,109 @@
+/**
+ * Upgrades (WebSockets): resolve, ask the lifecycle, wake if needed, then splice the two sockets.
+ * A tunnel counts as an open connection to its VM for as long as it lives, so a quiet WebSocket
+ * keeps its VM awake.
+ */
+import { STATUS_CODES, type IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import type { Failure } from "../lifecycle/failure.ts";
+import { SHUTTING_DOWN } from "../lifecycle/failure.ts";
+import type { Admission } from "../lifecycle/vm-lifecycle.ts";
+import type { Vm } from "../vms/platform.ts";
+import { forwardUpgrade } from "./forward.ts";
+import { rawFailureText } from "./http-responder.ts";
+import { CLIENT_GONE, coldList, forwardFailure, REPLAY_RETRY_MS, type ProxyContext } from "./proxy-context.ts";
+
+/** The upgrade handler; never rejects (errors become raw answers on the socket). */
+export function createUpgradeResponder(ctx: ProxyContext): (req: IncomingMessage, socket: Duplex, head: Buffer) => Promise<void> {
+  const { config, lifecycle, metrics } = ctx;
+
+  function rawFailure(socket: Duplex, f: Failure, extra?: string[]): void {
+    metrics.request(f.status);
+    if (socket.destroyed) return;
+    socket.end(rawFailureText(f, STATUS_CODES[f.status] ?? "", extra));
+  }
+
+  async function serve(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const r = await ctx.resolve(req);
+    if (r.kind === "fail") return rawFailure(socket, r.failure);
+    const { route } = r;
+    let vm: Vm = r.vm;
+    let extra: string[] | undefined;
+    let deadline = Date.now() + config.wakeTimeoutMs;
+    let waitStart = performance.now();
+    let decision: Admission = await lifecycle.admit(route, vm);
+    for (let attempt = 0; ; attempt++) {
+      if (decision.kind === "fail") return rawFailure(socket, decision.failure, extra);
+      if (decision.kind === "hold") {
+        const onGone = (cb: () => void) => {
+          if (socket.destroyed) {
+            queueMicrotask(cb);
+            return () => {};
+          }
+          socket.once("close", cb);
+          return () => socket.off("close", cb);
+        };
+        const o = await lifecycle.hold(route, r.subdomain, onGone, undefined, 0);
+        if (o.kind === "full") return rawFailure(socket, lifecycle.tooManyWaiters(route.vmId));
+        if (o.kind === "gone") {
+          metrics.request(CLIENT_GONE);
+          return;
+        }
+        if (o.kind !== "ready") return rawFailure(socket, o.kind === "failure" ? o.failure : SHUTTING_DOWN, coldList(waitStart));
+        vm = o.vm;
+        deadline = o.deadline;
+        extra = coldList(waitStart);
+        decision = { kind: "forward", vm };
+      } else vm = decision.vm;
+      const port = route.targetPort;
+      // Counted open from the handshake on: a drain must not snapshot a VM mid-handshake either.
+      const release = lifecycle.track(route.vmId);
+      const u = await forwardUpgrade(req, socket, head, { host: vm.guest_ip, port }, {
+        headers: ctx.headersFor(req, true),
+        extraResponseHeaders: extra,
+        connectTimeoutMs: ctx.connectTimeoutMs,
+        responseTimeoutMs: config.wakeTimeoutMs,
+      });
+      if (u.ok) {
+        metrics.request(u.status);
+        if (u.status === 101) {
+          ctx.tunnels.add(socket);
+          socket.once("close", () => {
+            ctx.tunnels.delete(socket);
+            release();
+          });
+        } else release();
+        return;
+      }
+      release();
+      if (u.reason === "client-gone") {
+        metrics.request(CLIENT_GONE);
+        return;
+      }
+      if (u.reason !== "refused") return rawFailure(socket, forwardFailure(ctx, u, port), extra);
+      if (extra) {
+        // Refused right after readiness: retry within the wake's deadline.
+        if (Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) return rawFailure(socket, forwardFailure(ctx, u, port), extra);
+        await new Promise((res) => setTimeout(res, REPLAY_RETRY_MS));
+        continue;
+      }
+      let live: Vm | undefined;
+      try {
+        live = await lifecycle.refresh(route.vmId);
+      } catch (err) {
+        return rawFailure(socket, lifecycle.platformDown(err, route.vmId));
+      }
+      if (!live) return rawFailure(socket, { status: 502, error: "vm not found" });
+      if ((live.state === "running" && !lifecycle.sleepInProgress(route.vmId)) || attempt > 0) return rawFailure(socket, forwardFailure(ctx, u, port));
+      decision = await lifecycle.admit(route, live);
+      if (decision.kind === "forward") return rawFailure(socket, forwardFailure(ctx, u, port));
+      waitStart = performance.now();
+    }
+  }
+
+  return (req, socket, head) =>
+    serve(req, socket, head).catch((err: unknown) => {
+      ctx.log.error("proxy upgrade error", { err, url: req.url });
+      rawFailure(socket, { status: 502, error: "proxy error" });
+    });
+}
