@@ -21,6 +21,7 @@ export interface GuestServers {
 }
 
 const MAX_STREAM_CHUNKS = 1000;
+const MAX_EVENTS = 1_000_000;
 const MAX_DELAY_MS = 600_000;
 
 /** Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open). */
@@ -100,16 +101,22 @@ function handle(id: GuestIdentity, port: number, req: IncomingMessage, res: Serv
       body_length: length,
       body_sha256: hash.digest("hex"),
     };
+    // One pending timer per response and one close listener for all of them: a long stream
+    // must not add a listener per chunk.
+    let pending: NodeJS.Timeout | undefined;
     const later = (ms: number, fn: () => void) => {
+      if (pending === undefined) {
+        res.once("close", () => {
+          clearTimeout(pending);
+          timers.delete(pending!);
+        });
+      }
       const t = setTimeout(() => {
         timers.delete(t);
         fn();
       }, ms);
+      pending = t;
       timers.add(t);
-      res.on("close", () => {
-        clearTimeout(t);
-        timers.delete(t);
-      });
     };
 
     if (url.pathname === "/ws") return sendJson(res, 426, { error: "websocket upgrade required", ...describe });
@@ -137,8 +144,34 @@ function handle(id: GuestIdentity, port: number, req: IncomingMessage, res: Serv
       };
       return next();
     }
+    if (url.pathname === "/events") return serveEvents(id, url, res, later);
     sendJson(res, 200, describe);
   });
+}
+
+/**
+ * `/events?ms=&n=`: server-sent events, one `tick` at once and then one every `ms` (default 1000);
+ * with `n`, the stream ends after n events; without it, it lasts until the client leaves or the VM
+ * sleeps. `ms=0` without `n` is an idle stream: the head and nothing more.
+ */
+function serveEvents(id: GuestIdentity, url: URL, res: ServerResponse, later: (ms: number, fn: () => void) => void) {
+  const ms = intParam(url, "ms", 1000, 0, MAX_DELAY_MS);
+  // A non-numeric `n` reads as absent, like every other parameter here that does not parse.
+  const n = /^\d+$/.test(url.searchParams.get("n") ?? "") ? intParam(url, "n", 0, 0, MAX_EVENTS) : undefined;
+  res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store" });
+  res.flushHeaders();
+  if (n === 0) return void res.end();
+  if (n === undefined && ms === 0) return;
+  let i = 0;
+  const next = () => {
+    const more = res.write(`event: tick\ndata: ${JSON.stringify({ i, vm_id: id.vmId, boot: id.boot })}\n\n`);
+    i += 1;
+    if (n !== undefined && i >= n) return void res.end();
+    // A client that stops reading gets no more ticks queued in memory until it catches up.
+    if (more) later(ms, next);
+    else res.once("drain", () => later(ms, next));
+  };
+  next();
 }
 
 function intParam(url: URL, name: string, dflt: number, min: number, max: number): number {
