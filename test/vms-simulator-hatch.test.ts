@@ -1,11 +1,40 @@
+import { get } from "node:http";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createSimulator, type Simulator, type SimVm } from "../src/vms/simulator/index.ts";
+import WebSocket from "ws";
+import {
+  createSimulator,
+  GuestTraffic,
+  MAX_RID_LENGTH,
+  SimulatorError,
+  type Simulator,
+  type SimVm,
+} from "../src/vms/simulator/index.ts";
 
 // Not used by any other test file, so parallel files never share guest addresses.
 const PREFIX = "127.0.44";
 
 const guestUrl = (vm: SimVm, path = "/", port = vm.guest_ports[0]!) => `http://${vm.guest_ip}:${port}${path}`;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** REST call against the simulator's app, in-process. */
+async function call(sim: Simulator, method: string, path: string, headers: Record<string, string> = {}) {
+  const res = await sim.app.request(path, { method, headers });
+  return { status: res.status, body: (await res.json()) as any, allow: res.headers.get("allow") };
+}
+
+/**
+ * Sends a GET to the guest on a fresh connection and drains the answer. Not fetch: its pool may
+ * reuse a keep-alive socket to an address a deleted VM held and a new VM got, which then fails.
+ */
+function hit(vm: SimVm, path: string, port?: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    get(guestUrl(vm, path, port), { agent: false }, (res) => {
+      res.resume();
+      res.once("end", () => resolve(res.statusCode!));
+    }).once("error", reject);
+  });
+}
 
 interface Tick {
   event: string;
@@ -26,6 +55,126 @@ function parseEvents(text: string): Tick[] {
 }
 
 const activeTimeouts = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+
+describe("simulator: request counts per rid", () => {
+  let sim: Simulator;
+  beforeAll(async () => {
+    sim = await createSimulator({ ipPrefix: PREFIX, restoreMs: 50 });
+  });
+  afterAll(() => sim.close());
+
+  it("counts per rid across two ports and a snapshot/restore; requests without rid are not counted", async () => {
+    const vm = await sim.createVm({ guest_ports: [8080, 3000] });
+    const other = await sim.createVm();
+    expect(await hit(vm, "/a?rid=r1")).toBe(200);
+    expect(await hit(vm, "/a?rid=r1", 3000)).toBe(200);
+    expect(await hit(vm, "/status/503?rid=r2", 3000)).toBe(503);
+    expect(await hit(vm, "/no-rid")).toBe(200);
+    expect(await hit(other, "/a?rid=r1")).toBe(200);
+    expect(sim.requestCounts(vm.id)).toEqual({ r1: 2, r2: 1 });
+
+    await sim.snapshot(vm.id);
+    expect(sim.requestCounts(vm.id)).toEqual({ r1: 2, r2: 1 });
+    await sim.restore(vm.id);
+    expect(await hit(vm, "/after?rid=r1")).toBe(200);
+    expect(await hit(vm, "/after?rid=r3&rid=ignored", 3000)).toBe(200);
+
+    expect(sim.requestCounts(vm.id)).toEqual({ r1: 3, r2: 1, r3: 1 });
+    expect(sim.requestCounts(other.id)).toEqual({ r1: 1 });
+    expect(await call(sim, "GET", `/vms/${vm.id}/requests`)).toEqual({
+      status: 200,
+      body: { vm_id: vm.id, counts: { r1: 3, r2: 1, r3: 1 } },
+      allow: null,
+    });
+    await sim.deleteVm(vm.id);
+    await sim.deleteVm(other.id);
+  });
+
+  it("counts a request when its head arrives, even if the body or the answer never completes", async () => {
+    const vm = await sim.createVm();
+    // A head with a promised body that never fully arrives.
+    const s = connect({ host: vm.guest_ip, port: 8080 });
+    await new Promise((resolve) => s.once("connect", resolve));
+    s.write("POST /upload?rid=partial HTTP/1.1\r\nHost: guest\r\nContent-Length: 100\r\n\r\nabc");
+    await expect.poll(() => sim.requestCounts(vm.id).partial).toBe(1);
+    s.destroy();
+
+    // An answer cut by the VM going to sleep.
+    const cut = fetch(guestUrl(vm, "/sleep?ms=60000&rid=cut"));
+    await expect.poll(() => sim.requestCounts(vm.id).cut).toBe(1);
+    await sim.snapshot(vm.id);
+    await expect(cut).rejects.toThrow();
+    expect(sim.requestCounts(vm.id)).toEqual({ partial: 1, cut: 1 });
+    await sim.deleteVm(vm.id);
+  });
+
+  it("counts WebSocket upgrades (accepted or not), not the messages on them", async () => {
+    const vm = await sim.createVm();
+    const ws = new WebSocket(`ws://${vm.guest_ip}:8080/ws?rid=ws1`);
+    await new Promise((resolve, reject) => {
+      ws.once("open", resolve);
+      ws.once("error", reject);
+    });
+    const got: string[] = [];
+    ws.on("message", (d) => got.push(d.toString()));
+    ws.send("x");
+    ws.send("y");
+    await expect.poll(() => got).toEqual(["x", "y"]);
+    ws.close();
+
+    const refused = new WebSocket(`ws://${vm.guest_ip}:8080/elsewhere?rid=ws404`);
+    const err = await new Promise<Error>((resolve) => refused.once("error", resolve));
+    expect(err.message).toContain("404");
+    expect(sim.requestCounts(vm.id)).toEqual({ ws1: 1, ws404: 1 });
+    await sim.deleteVm(vm.id);
+  });
+
+  it("resets over REST; new requests count from zero", async () => {
+    const vm = await sim.createVm();
+    await hit(vm, "/?rid=a");
+    await hit(vm, "/?rid=a");
+    expect(await call(sim, "DELETE", `/vms/${vm.id}/requests`)).toEqual({ status: 200, body: { vm_id: vm.id, counts: {} }, allow: null });
+    expect((await call(sim, "GET", `/vms/${vm.id}/requests`)).body).toEqual({ vm_id: vm.id, counts: {} });
+    await hit(vm, "/?rid=a");
+    expect(sim.requestCounts(vm.id)).toEqual({ a: 1 });
+    sim.resetRequestCounts(vm.id);
+    expect(sim.requestCounts(vm.id)).toEqual({});
+    await sim.deleteVm(vm.id);
+  });
+
+  it("404 for unknown or foreign VMs, 405 with Allow for other methods", async () => {
+    const mine = await sim.createVm({ ownerKey: "key-a" });
+    await hit(mine, "/?rid=k");
+    for (const method of ["GET", "DELETE"]) {
+      expect(await call(sim, method, "/vms/vm_nope/requests")).toMatchObject({ status: 404, body: { error: "not found" } });
+      expect(await call(sim, method, `/vms/${mine.id}/requests`, { authorization: "Bearer key-b" })).toMatchObject({
+        status: 404,
+        body: { error: "not found" },
+      });
+    }
+    // The foreign DELETE reset nothing; the owner sees the count.
+    expect((await call(sim, "GET", `/vms/${mine.id}/requests`, { authorization: "Bearer key-a" })).body.counts).toEqual({ k: 1 });
+    expect(await call(sim, "PUT", `/vms/${mine.id}/requests`)).toEqual({ status: 405, body: { error: "method not allowed" }, allow: "GET, DELETE" });
+    expect(() => sim.requestCounts("vm_nope")).toThrow(SimulatorError);
+    await sim.deleteVm(mine.id);
+    expect((await call(sim, "GET", `/vms/${mine.id}/requests`)).status).toBe(404);
+  });
+
+  it("bounds the table: new rids beyond the limit are refused, known ones keep counting, long ones are ignored", () => {
+    const t = new GuestTraffic(3);
+    const count = (q: string) => t.countRequest(new URL(`http://guest/${q}`));
+    for (const rid of ["a", "b", "c", "d", "a", ""]) count(`?rid=${encodeURIComponent(rid)}`);
+    expect(t.requestCounts()).toEqual({ a: 2, b: 1, c: 1 });
+    t.resetRequestCounts();
+    count(`?rid=${"x".repeat(MAX_RID_LENGTH + 1)}`);
+    count(`?rid=${"x".repeat(MAX_RID_LENGTH)}`);
+    count("?rid=");
+    count("?rid=__proto__");
+    const counts = t.requestCounts();
+    expect(counts).toEqual({ ["x".repeat(MAX_RID_LENGTH)]: 1, "": 1, ["__proto__"]: 1 });
+    expect(Object.getPrototypeOf(counts)).toBe(Object.prototype);
+  });
+});
 
 describe("simulator: /events (server-sent events)", () => {
   let sim: Simulator;
@@ -54,6 +203,7 @@ describe("simulator: /events (server-sent events)", () => {
     expect(text.startsWith(`event: tick\ndata: {"i":0,"vm_id":"${vm.id}","boot":1}\n\n`)).toBe(true);
     expect(arrivals.length).toBeGreaterThanOrEqual(2); // written over time, not in one piece
     expect(arrivals.at(-1)! - t0).toBeGreaterThanOrEqual(230);
+    expect(sim.requestCounts(vm.id).sse).toBe(1);
   });
 
   it("n=0 ends right after the head; without n it keeps ticking until the client leaves", async () => {

@@ -37,6 +37,16 @@ export function createSimulatorApi(core: SimulatorCore): Hono {
     const vm = await core.snapshot(c.req.param("id")!, callerOf(c));
     return c.json({ id: randomId("snap_"), vm_id: vm.id, created_at: vm.updated_at }, 201);
   });
+  // Test hooks (not Hatch's API): what the guest servers received, per `rid` query value.
+  route("GET", "/vms/:id/requests", (c) => {
+    const id = c.req.param("id")!;
+    return c.json({ vm_id: id, counts: core.requestCounts(id, callerOf(c)) });
+  });
+  route("DELETE", "/vms/:id/requests", (c) => {
+    const id = c.req.param("id")!;
+    core.resetRequestCounts(id, callerOf(c));
+    return c.json({ vm_id: id, counts: {} });
+  });
   route("POST", "/vms/:id/fail-restores", async (c) => {
     const body = await jsonObject(c, false);
     const count = body.count;

@@ -6,7 +6,7 @@
 import { createHash, randomInt } from "node:crypto";
 import type { Logger } from "../../log.ts";
 import type { Vm, VmState } from "../platform.ts";
-import { openGuestServers, type GuestServers } from "./guest-server.ts";
+import { GuestTraffic, openGuestServers, type GuestServers } from "./guest-server.ts";
 import { createIpPool } from "./ip-pool.ts";
 import { readStateFile, writeStateFile, type StoredVm } from "./state-file.ts";
 
@@ -63,6 +63,9 @@ export interface SimulatorCore {
   getVm(id: string, caller?: string): SimVm | undefined;
   listVms(caller?: string): SimVm[];
   snapshot(id: string, caller?: string): Promise<SimVm>;
+  /** Requests the VM's guest servers received per `rid` query value, across sleeps (see GuestTraffic). */
+  requestCounts(id: string, caller?: string): Record<string, number>;
+  resetRequestCounts(id: string, caller?: string): void;
   stop(id: string, caller?: string): Promise<SimVm>;
   restore(id: string, caller?: string): Promise<SimVm>;
   start(id: string, caller?: string): Promise<SimVm>;
@@ -91,7 +94,19 @@ interface Entry {
   failWakes: number;
   /** Bumped by delete, so a wake in flight notices it lost its VM. */
   generation: number;
+  /** Outlives the guest servers, so request counts survive snapshot/restore. */
+  traffic: GuestTraffic;
 }
+
+const newEntry = (rec: StoredVm): Entry => ({
+  rec,
+  servers: undefined,
+  closing: undefined,
+  pending: undefined,
+  failWakes: 0,
+  generation: 0,
+  traffic: new GuestTraffic(),
+});
 
 export const DEFAULT_GUEST_PORTS = [8080];
 const MAX_GUEST_PORTS = 16;
@@ -180,7 +195,7 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
   const openServers = async (e: Entry) => {
     if (e.closing) await e.closing;
     const boot = e.rec.boot_count + 1;
-    e.servers = await openGuestServers({ vmId: e.rec.id, ip: e.rec.guest_ip, boot }, e.rec.guest_ports);
+    e.servers = await openGuestServers({ vmId: e.rec.id, ip: e.rec.guest_ip, boot }, e.rec.guest_ports, e.traffic);
     e.rec.boot_count = boot;
   };
 
@@ -259,7 +274,7 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
   const load = async () => {
     if (!opts.stateFile) return;
     for (const rec of readStateFile(opts.stateFile)) {
-      const e: Entry = { rec, servers: undefined, closing: undefined, pending: undefined, failWakes: 0, generation: 0 };
+      const e = newEntry(rec);
       entries.set(rec.id, e);
       if (!(await pool.claim(rec.guest_ip))) log.warn("simulated vm's guest ip is held by another simulator", { vm_id: rec.id, guest_ip: rec.guest_ip });
       if (rec.state === "starting") {
@@ -304,32 +319,25 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
       const octets = ip.split(".").map(Number);
       const stamp = now();
       const owner = input.owner ?? (input.ownerKey !== undefined ? ownerOfKey(input.ownerKey) : caller) ?? null;
-      const e: Entry = {
-        rec: {
-          id,
-          image_id: "sim",
-          state: "starting",
-          vcpu_count: 1,
-          mem_mib: 256,
-          guest_ip: ip,
-          guest_mac: "06:00:" + octets.map((o) => o.toString(16).padStart(2, "0")).join(":"),
-          ssh_port: 20_000 + (octets[2]! % 100) * 256 + octets[3]!,
-          enable_network: true,
-          created_at: stamp,
-          updated_at: stamp,
-          guest_ports: [...(input.guest_ports ?? DEFAULT_GUEST_PORTS)],
-          restore_ms_override: input.restore_ms ?? null,
-          wake_count: 0,
-          boot_count: 0,
-          owner,
-          prev_state: null,
-        },
-        servers: undefined,
-        closing: undefined,
-        pending: undefined,
-        failWakes: 0,
-        generation: 0,
-      };
+      const e = newEntry({
+        id,
+        image_id: "sim",
+        state: "starting",
+        vcpu_count: 1,
+        mem_mib: 256,
+        guest_ip: ip,
+        guest_mac: "06:00:" + octets.map((o) => o.toString(16).padStart(2, "0")).join(":"),
+        ssh_port: 20_000 + (octets[2]! % 100) * 256 + octets[3]!,
+        enable_network: true,
+        created_at: stamp,
+        updated_at: stamp,
+        guest_ports: [...(input.guest_ports ?? DEFAULT_GUEST_PORTS)],
+        restore_ms_override: input.restore_ms ?? null,
+        wake_count: 0,
+        boot_count: 0,
+        owner,
+        prev_state: null,
+      });
       entries.set(id, e);
       try {
         await openServers(e);
@@ -364,6 +372,14 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
       save();
       await closeServers(e);
       return toJson(e);
+    },
+
+    requestCounts(id, caller) {
+      return find(id, caller).traffic.requestCounts();
+    },
+
+    resetRequestCounts(id, caller) {
+      find(id, caller).traffic.resetRequestCounts();
     },
 
     async stop(id, caller) {

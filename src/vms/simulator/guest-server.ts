@@ -23,12 +23,55 @@ export interface GuestServers {
 const MAX_STREAM_CHUNKS = 1000;
 const MAX_EVENTS = 1_000_000;
 const MAX_DELAY_MS = 600_000;
+/** Distinct `rid` values counted per VM; see GuestTraffic.countRequest for what happens beyond. */
+export const MAX_COUNTED_RIDS = 100_000;
+/** Longer `rid` values are not counted: 100,000 of them must stay a few megabytes at most. */
+export const MAX_RID_LENGTH = 256;
 
-/** Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open). */
-export async function openGuestServers(id: GuestIdentity, ports: readonly number[]): Promise<GuestServers> {
+/**
+ * What the guest servers of one VM received, across all its ports and boots. The VM's entry in
+ * the core owns it (not the servers, which are rebuilt on every wake), so counts survive
+ * snapshot/restore: a zero-loss test can send requests around a sleep and compare per `rid`.
+ */
+export class GuestTraffic {
+  private readonly rids = new Map<string, number>();
+
+  constructor(private readonly maxRids = MAX_COUNTED_RIDS) {}
+
+  /**
+   * Counts a request whose head arrived, keyed by its `rid` query parameter (the first one; an
+   * empty value counts under ""). Requests without `rid` or with a `rid` over MAX_RID_LENGTH are not
+   * counted. Once `maxRids` distinct values are held, new values are refused while the known ones
+   * keep counting: a count, once reported, is never silently evicted, so a bounded table can
+   * only show a rid as missing, never make an old rid look as if it lost requests.
+   */
+  countRequest(url: URL): void {
+    const rid = url.searchParams.get("rid");
+    if (rid === null || rid.length > MAX_RID_LENGTH) return;
+    const n = this.rids.get(rid);
+    if (n !== undefined) this.rids.set(rid, n + 1);
+    else if (this.rids.size < this.maxRids) this.rids.set(rid, 1);
+  }
+
+  /** The counts per `rid` as a plain object (a fresh copy). */
+  requestCounts(): Record<string, number> {
+    return Object.fromEntries(this.rids);
+  }
+
+  /** Forgets every count. */
+  resetRequestCounts(): void {
+    this.rids.clear();
+  }
+}
+
+/**
+ * Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open).
+ * Every request is counted in `traffic`.
+ */
+export async function openGuestServers(id: GuestIdentity, ports: readonly number[], traffic: GuestTraffic): Promise<GuestServers> {
   const opened: GuestServer[] = [];
   try {
-    for (const port of ports) opened.push(await openGuestServer(id, port));
+    for (const port of ports) opened.push(await openGuestServer(id, port, traffic));
   } catch (err) {
     await Promise.all(opened.map((s) => s.close()));
     throw err;
@@ -40,19 +83,27 @@ interface GuestServer {
   close(): Promise<void>;
 }
 
-async function openGuestServer(id: GuestIdentity, port: number): Promise<GuestServer> {
+async function openGuestServer(id: GuestIdentity, port: number, traffic: GuestTraffic): Promise<GuestServer> {
   // Every socket is tracked, upgraded WebSockets included, because a sleeping VM must drop
   // established connections too, not only stop accepting new ones.
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   const wss = new WebSocketServer({ noServer: true });
-  const server: Server = createServer((req, res) => handle(id, port, req, res, timers));
+  // Requests are counted as soon as their head is parsed, before any body or answer, so a request
+  // cut by a sleep mid-answer still shows as received.
+  const server: Server = createServer((req, res) => {
+    const url = requestUrl(req);
+    traffic.countRequest(url);
+    handle(id, port, url, req, res, timers);
+  });
   server.on("connection", (socket: Socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
   });
   server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    if (new URL(req.url ?? "/", "http://guest").pathname !== "/ws") {
+    const url = requestUrl(req);
+    traffic.countRequest(url);
+    if (url.pathname !== "/ws") {
       socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
       return;
     }
@@ -80,8 +131,16 @@ async function openGuestServer(id: GuestIdentity, port: number): Promise<GuestSe
   };
 }
 
-function handle(id: GuestIdentity, port: number, req: IncomingMessage, res: ServerResponse, timers: Set<NodeJS.Timeout>) {
-  const url = new URL(req.url ?? "/", "http://guest");
+/** The request's URL; an unparsable target (possible in absolute form) reads as "/" instead of throwing in a listener. */
+function requestUrl(req: IncomingMessage): URL {
+  try {
+    return new URL(req.url ?? "/", "http://guest");
+  } catch {
+    return new URL("/", "http://guest");
+  }
+}
+
+function handle(id: GuestIdentity, port: number, url: URL, req: IncomingMessage, res: ServerResponse, timers: Set<NodeJS.Timeout>) {
   const hash = createHash("sha256");
   let length = 0;
   req.on("data", (chunk: Buffer) => {

@@ -13,6 +13,7 @@ import { createSimulatorCore, type CreateVmInput, type SimVm } from "./core.ts";
 import { createSimulatorPlatform } from "./platform.ts";
 
 export { ownerOfKey, SimulatorError, type CreateVmInput, type SimVm } from "./core.ts";
+export { GuestTraffic, MAX_COUNTED_RIDS, MAX_RID_LENGTH } from "./guest-server.ts";
 
 export interface SimulatorOptions {
   /** Three loopback octets; VMs get `<prefix>.1`, `<prefix>.2`, … Default "127.0.1". */
@@ -41,6 +42,15 @@ export interface Simulator {
   deleteVm(id: string): Promise<void>;
   /** The next `n` restores/starts of this VM fail after their delay (state goes back, 500). */
   failNextRestores(id: string, n: number): void;
+  /**
+   * Requests the VM's guest servers received (any port, WebSocket upgrades included) per `rid`
+   * query value, counted when the request head arrived; kept across snapshot/restore, not saved
+   * to the state file. At most MAX_COUNTED_RIDS distinct values; new ones beyond are not counted.
+   * Throws SimulatorError 404 for an unknown VM, as does resetRequestCounts.
+   */
+  requestCounts(id: string): Record<string, number>;
+  /** Forgets the VM's request counts. */
+  resetRequestCounts(id: string): void;
   /** Serves `app` on node:http (host default 127.0.0.1; port 0 = any free port). */
   listen(addr: { host?: string | undefined; port: number }): Promise<{ url: string; close(): Promise<void> }>;
   /** Closes every guest server and every API server from `listen`. */
@@ -76,6 +86,8 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     start: (id) => core.start(id),
     deleteVm: (id) => core.deleteVm(id),
     failNextRestores: (id, n) => core.failNextRestores(id, n),
+    requestCounts: (id) => core.requestCounts(id),
+    resetRequestCounts: (id) => core.resetRequestCounts(id),
     async listen(addr) {
       const served = await listen(createAdaptorServer({ fetch: app.fetch }) as Server, { host: addr.host ?? "127.0.0.1", port: addr.port }, { graceMs: 0 });
       log.debug("vm simulator listening", { url: served.url });
