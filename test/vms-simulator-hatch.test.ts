@@ -1,11 +1,15 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { get } from "node:http";
 import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import {
   createSimulator,
   GuestTraffic,
   MAX_RID_LENGTH,
+  MAX_SNAPSHOTS,
   SimulatorError,
   type Simulator,
   type SimVm,
@@ -258,5 +262,172 @@ describe("simulator: /events (server-sent events)", () => {
     const again = await fetch(guestUrl(idleVm, "/events?ms=0&n=1"));
     expect(parseEvents(await again.text())).toEqual([{ event: "tick", data: { i: 0, vm_id: idleVm.id, boot: 2 } }]);
     await sim.deleteVm(idleVm.id);
+  });
+});
+
+describe("simulator: Hatch's snapshots, metrics and exec calls", () => {
+  let sim: Simulator;
+  beforeAll(async () => {
+    sim = await createSimulator({ ipPrefix: PREFIX, restoreMs: 0 });
+  });
+  afterAll(() => sim.close());
+
+  it("lists every snapshot in order, as POST /snapshot answered it", async () => {
+    const vm = await sim.createVm();
+    expect(await call(sim, "GET", `/vms/${vm.id}/snapshots`)).toEqual({ status: 200, body: [], allow: null });
+    const first = await sim.app.request(`/vms/${vm.id}/snapshot`, { method: "POST" });
+    expect(first.status).toBe(201);
+    const s1 = await first.json();
+    expect(s1).toEqual({ id: expect.stringMatching(/^snap_[a-z0-9]{12}$/), vm_id: vm.id, created_at: sim.getVm(vm.id)!.updated_at });
+    expect((await call(sim, "GET", `/vms/${vm.id}/snapshots`)).body).toEqual([s1]);
+
+    await sim.restore(vm.id);
+    const s2 = await (await sim.app.request(`/vms/${vm.id}/snapshot`, { method: "POST" })).json();
+    await sim.restore(vm.id);
+    // The platform's sleep snapshots too; a stop does not.
+    await sim.platform.sleep(vm.id, "snapshot");
+    await sim.stop(vm.id);
+    const listed = (await call(sim, "GET", `/vms/${vm.id}/snapshots`)).body;
+    expect(listed).toHaveLength(3);
+    expect(listed.slice(0, 2)).toEqual([s1, s2]);
+    expect(new Set(listed.map((s: { id: string }) => s.id)).size).toBe(3);
+    expect(sim.snapshots(vm.id)).toEqual(listed);
+    // The VM's own JSON does not carry them.
+    expect(sim.getVm(vm.id)).not.toHaveProperty("snapshots");
+    await sim.deleteVm(vm.id);
+  });
+
+  it(`keeps the latest ${MAX_SNAPSHOTS} snapshots`, async () => {
+    const vm = await sim.createVm();
+    const taken: string[] = [];
+    for (let i = 0; i < MAX_SNAPSHOTS + 2; i++) {
+      const r = await sim.app.request(`/vms/${vm.id}/snapshot`, { method: "POST" });
+      taken.push(((await r.json()) as { id: string }).id);
+      await sim.restore(vm.id);
+    }
+    expect(sim.snapshots(vm.id).map((s) => s.id)).toEqual(taken.slice(2));
+    await sim.deleteVm(vm.id);
+  });
+
+  it("metrics: Hatch's shape, uptime since the last boot while running, 0 asleep, bytes across sleeps", async () => {
+    const vm = await sim.createVm();
+    await sleep(250);
+    const r = await call(sim, "GET", `/vms/${vm.id}/metrics`);
+    expect(r.status).toBe(200);
+    expect(r.body).toEqual({
+      vm_id: vm.id,
+      state: "running",
+      vcpu_count: 1,
+      mem_mib: 256,
+      uptime_seconds: expect.any(Number),
+      net: { rx_bytes: expect.any(Number), tx_bytes: expect.any(Number), rx_packets: 0, tx_packets: 0 },
+      block: { read_bytes: 0, write_bytes: 0 },
+      vcpu: { cpu_time_micros: 0, utilization_percent: 0 },
+      raw: {},
+    });
+    expect(r.body.uptime_seconds).toBeGreaterThanOrEqual(0.24);
+    expect(r.body.uptime_seconds).toBeLessThan(10);
+    const before = r.body.net;
+
+    const body = Buffer.alloc(5000, 1);
+    const res = await fetch(guestUrl(vm, "/upload"), { method: "POST", body });
+    const answer = await res.arrayBuffer();
+    await expect.poll(() => sim.metrics(vm.id).net.rx_bytes).toBeGreaterThanOrEqual(before.rx_bytes + body.length);
+    expect(sim.metrics(vm.id).net.tx_bytes).toBeGreaterThanOrEqual(before.tx_bytes + answer.byteLength);
+
+    await sim.snapshot(vm.id);
+    const asleep = sim.metrics(vm.id);
+    expect(asleep).toMatchObject({ state: "snapshotted", uptime_seconds: 0 });
+    expect(asleep.net.rx_bytes).toBeGreaterThanOrEqual(before.rx_bytes + body.length);
+    await sim.restore(vm.id);
+    const woke = sim.metrics(vm.id);
+    expect(woke.state).toBe("running");
+    expect(woke.uptime_seconds).toBeLessThan(r.body.uptime_seconds); // counted from the restore
+    expect(woke.net.rx_bytes).toBe(asleep.net.rx_bytes);
+    await sim.stop(vm.id);
+    expect(sim.metrics(vm.id)).toMatchObject({ state: "stopped", uptime_seconds: 0 });
+    await sim.deleteVm(vm.id);
+  });
+
+  it("exec answers 501; 404 for unknown or foreign VMs and 405 with Allow on every new path", async () => {
+    const vm = await sim.createVm({ ownerKey: "key-a" });
+    expect(await call(sim, "POST", `/vms/${vm.id}/exec`)).toEqual({
+      status: 501,
+      body: { error: "exec is not supported by the simulator" },
+      allow: null,
+    });
+    for (const [method, path] of [
+      ["GET", "snapshots"],
+      ["GET", "metrics"],
+      ["POST", "exec"],
+    ] as const) {
+      expect(await call(sim, method, `/vms/vm_nope/${path}`)).toMatchObject({ status: 404, body: { error: "not found" } });
+      expect(await call(sim, method, `/vms/${vm.id}/${path}`, { "x-api-key": "key-b" })).toMatchObject({ status: 404, body: { error: "not found" } });
+      expect((await call(sim, method, `/vms/${vm.id}/${path}`, { "x-api-key": "key-a" })).status).not.toBe(404);
+    }
+    expect(await call(sim, "POST", `/vms/${vm.id}/snapshots`)).toEqual({ status: 405, body: { error: "method not allowed" }, allow: "GET" });
+    expect(await call(sim, "DELETE", `/vms/${vm.id}/metrics`)).toEqual({ status: 405, body: { error: "method not allowed" }, allow: "GET" });
+    expect(await call(sim, "GET", `/vms/${vm.id}/exec`)).toEqual({ status: 405, body: { error: "method not allowed" }, allow: "POST" });
+    expect(() => sim.metrics("vm_nope")).toThrow(SimulatorError);
+    expect(() => sim.snapshots("vm_nope")).toThrow(SimulatorError);
+    await sim.deleteVm(vm.id);
+  });
+});
+
+describe("simulator: snapshots in the state file", () => {
+  const dir = mkdtempSync(join(tmpdir(), "hatch-sim-snaps-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("reloads the snapshot list; request counts start empty", async () => {
+    const stateFile = join(dir, "vms.json");
+    const first = await createSimulator({ ipPrefix: PREFIX, restoreMs: 0, stateFile });
+    const vm = await first.createVm();
+    await hit(vm, "/?rid=before");
+    await first.snapshot(vm.id);
+    await first.restore(vm.id);
+    await first.snapshot(vm.id);
+    const snaps = first.snapshots(vm.id);
+    expect(snaps).toHaveLength(2);
+    await first.close();
+
+    const second = await createSimulator({ ipPrefix: PREFIX, restoreMs: 0, stateFile });
+    try {
+      expect(second.snapshots(vm.id)).toEqual(snaps);
+      expect(second.requestCounts(vm.id)).toEqual({});
+    } finally {
+      await second.close();
+    }
+  });
+
+  it("reads a file written before snapshots were listed as having none", async () => {
+    const stateFile = join(dir, "old.json");
+    const stamp = new Date().toISOString();
+    const rec = {
+      id: "vm-old",
+      image_id: "sim",
+      state: "stopped",
+      vcpu_count: 1,
+      mem_mib: 256,
+      guest_ip: `${PREFIX}.200`,
+      guest_mac: "06:00:7f:00:2c:c8",
+      ssh_port: 20_000,
+      enable_network: true,
+      created_at: stamp,
+      updated_at: stamp,
+      guest_ports: [8080],
+      restore_ms_override: null,
+      wake_count: 0,
+      boot_count: 1,
+      owner: null,
+      prev_state: null,
+    };
+    writeFileSync(stateFile, JSON.stringify({ version: 1, vms: [rec] }));
+    const sim = await createSimulator({ ipPrefix: PREFIX, restoreMs: 0, stateFile });
+    try {
+      expect(sim.snapshots("vm-old")).toEqual([]);
+      expect(sim.getVm("vm-old")).toMatchObject({ state: "stopped" });
+    } finally {
+      await sim.close();
+    }
   });
 });

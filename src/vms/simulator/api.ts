@@ -1,6 +1,6 @@
 /** The simulator's Hatch-compatible REST API (plus a test hook to inject restore failures). */
 import { Hono, type Context } from "hono";
-import { ownerOfKey, SimulatorError, randomId, type CreateVmInput, type SimulatorCore } from "./core.ts";
+import { ownerOfKey, SimulatorError, type CreateVmInput, type SimulatorCore } from "./core.ts";
 
 const CREATE_FIELDS = new Set(["guest_ports", "restore_ms"]);
 
@@ -33,9 +33,13 @@ export function createSimulatorApi(core: SimulatorCore): Hono {
   route("POST", "/vms/:id/stop", async (c) => c.json(await core.stop(c.req.param("id")!, callerOf(c))));
   route("POST", "/vms/:id/start", async (c) => c.json(await core.start(c.req.param("id")!, callerOf(c))));
   route("POST", "/vms/:id/restore", async (c) => c.json(await core.restore(c.req.param("id")!, callerOf(c))));
-  route("POST", "/vms/:id/snapshot", async (c) => {
-    const vm = await core.snapshot(c.req.param("id")!, callerOf(c));
-    return c.json({ id: randomId("snap_"), vm_id: vm.id, created_at: vm.updated_at }, 201);
+  route("POST", "/vms/:id/snapshot", async (c) => c.json((await core.takeSnapshot(c.req.param("id")!, callerOf(c))).snapshot, 201));
+  route("GET", "/vms/:id/snapshots", (c) => c.json(core.listSnapshots(c.req.param("id")!, callerOf(c))));
+  route("GET", "/vms/:id/metrics", (c) => c.json(core.metrics(c.req.param("id")!, callerOf(c))));
+  route("POST", "/vms/:id/exec", (c) => {
+    // 404 for a VM the caller cannot see comes first, as for every other VM call.
+    if (!core.getVm(c.req.param("id")!, callerOf(c))) throw new SimulatorError(404, "not found");
+    throw new SimulatorError(501, "exec is not supported by the simulator");
   });
   // Test hooks (not Hatch's API): what the guest servers received, per `rid` query value.
   route("GET", "/vms/:id/requests", (c) => {

@@ -8,7 +8,7 @@ import type { Logger } from "../../log.ts";
 import type { Vm, VmState } from "../platform.ts";
 import { GuestTraffic, openGuestServers, type GuestServers } from "./guest-server.ts";
 import { createIpPool } from "./ip-pool.ts";
-import { readStateFile, writeStateFile, type StoredVm } from "./state-file.ts";
+import { readStateFile, writeStateFile, type StoredSnapshot, type StoredVm } from "./state-file.ts";
 
 /** A simulated VM as Hatch's API shows it, plus the simulator's counters. */
 export interface SimVm extends Vm {
@@ -29,6 +29,28 @@ export interface SimVm extends Vm {
   wake_count: number;
   /** Times the guest servers opened (create, each wake, each reload of a running VM). */
   boot_count: number;
+}
+
+/** A snapshot as Hatch's API shows it (`POST /vms/{id}/snapshot`, `GET /vms/{id}/snapshots`). */
+export type SimSnapshot = StoredSnapshot;
+
+/**
+ * Hatch's `GET /vms/{id}/metrics` shape. The simulator has no hypervisor to ask: `net` bytes are the
+ * bytes the guest servers' sockets read and wrote since the VM was created (HTTP and WebSocket
+ * traffic, without TCP/IP overhead), and what it cannot observe (packets, block I/O, CPU) is
+ * reported as 0 rather than invented.
+ */
+export interface SimMetrics {
+  vm_id: string;
+  state: VmState;
+  vcpu_count: number;
+  mem_mib: number;
+  /** Seconds since the guest servers last opened while the VM is running; 0 in any other state. */
+  uptime_seconds: number;
+  net: { rx_bytes: number; tx_bytes: number; rx_packets: number; tx_packets: number };
+  block: { read_bytes: number; write_bytes: number };
+  vcpu: { cpu_time_micros: number; utilization_percent: number };
+  raw: Record<string, never>;
 }
 
 export interface CreateVmInput {
@@ -63,6 +85,11 @@ export interface SimulatorCore {
   getVm(id: string, caller?: string): SimVm | undefined;
   listVms(caller?: string): SimVm[];
   snapshot(id: string, caller?: string): Promise<SimVm>;
+  /** snapshot, also answering the snapshot it recorded (what `POST /vms/{id}/snapshot` returns). */
+  takeSnapshot(id: string, caller?: string): Promise<{ vm: SimVm; snapshot: SimSnapshot }>;
+  /** The VM's snapshots, oldest first (the latest MAX_SNAPSHOTS). */
+  listSnapshots(id: string, caller?: string): SimSnapshot[];
+  metrics(id: string, caller?: string): SimMetrics;
   /** Requests the VM's guest servers received per `rid` query value, across sleeps (see GuestTraffic). */
   requestCounts(id: string, caller?: string): Record<string, number>;
   resetRequestCounts(id: string, caller?: string): void;
@@ -94,8 +121,10 @@ interface Entry {
   failWakes: number;
   /** Bumped by delete, so a wake in flight notices it lost its VM. */
   generation: number;
-  /** Outlives the guest servers, so request counts survive snapshot/restore. */
+  /** Outlives the guest servers, so request counts and bytes survive snapshot/restore. */
   traffic: GuestTraffic;
+  /** performance.now() when the guest servers last opened; undefined while they are closed. */
+  bootedAt: number | undefined;
 }
 
 const newEntry = (rec: StoredVm): Entry => ({
@@ -106,11 +135,14 @@ const newEntry = (rec: StoredVm): Entry => ({
   failWakes: 0,
   generation: 0,
   traffic: new GuestTraffic(),
+  bootedAt: undefined,
 });
 
 export const DEFAULT_GUEST_PORTS = [8080];
 const MAX_GUEST_PORTS = 16;
 const MAX_RESTORE_MS = 600_000;
+/** Snapshots listed per VM; older ones are forgotten (a restore only ever uses the latest). */
+export const MAX_SNAPSHOTS = 100;
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789";
 
 /** Random id: prefix + 12 lowercase alphanumerics. */
@@ -143,6 +175,30 @@ export function checkCreateInput(input: CreateVmInput): void {
   }
 }
 
+/** Appends a new snapshot to the VM's list (bounded to MAX_SNAPSHOTS) and returns it. */
+function recordSnapshot(rec: StoredVm): SimSnapshot {
+  const snap = { id: randomId("snap_"), vm_id: rec.id, created_at: rec.updated_at };
+  rec.snapshots.push(snap);
+  if (rec.snapshots.length > MAX_SNAPSHOTS) rec.snapshots.splice(0, rec.snapshots.length - MAX_SNAPSHOTS);
+  return snap;
+}
+
+function metricsOf(e: Entry): SimMetrics {
+  const { rx, tx } = e.traffic.bytes();
+  const up = e.rec.state === "running" && e.bootedAt !== undefined ? (performance.now() - e.bootedAt) / 1000 : 0;
+  return {
+    vm_id: e.rec.id,
+    state: e.rec.state,
+    vcpu_count: e.rec.vcpu_count,
+    mem_mib: e.rec.mem_mib,
+    uptime_seconds: Math.round(up * 1000) / 1000,
+    net: { rx_bytes: rx, tx_bytes: tx, rx_packets: 0, tx_packets: 0 },
+    block: { read_bytes: 0, write_bytes: 0 },
+    vcpu: { cpu_time_micros: 0, utilization_percent: 0 },
+    raw: {},
+  };
+}
+
 /** Builds the state machine and reloads `stateFile` (reopening running VMs' servers). */
 export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorCore> {
   const { log } = opts;
@@ -152,7 +208,7 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
   let closed = false;
 
   const toJson = (e: Entry): SimVm => {
-    const { restore_ms_override, owner: _owner, prev_state: _prev, ...pub } = e.rec;
+    const { restore_ms_override, owner: _owner, prev_state: _prev, snapshots: _snaps, ...pub } = e.rec;
     return { ...pub, guest_ports: [...pub.guest_ports], restore_ms: restore_ms_override ?? opts.restoreMs };
   };
 
@@ -197,11 +253,13 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
     const boot = e.rec.boot_count + 1;
     e.servers = await openGuestServers({ vmId: e.rec.id, ip: e.rec.guest_ip, boot }, e.rec.guest_ports, e.traffic);
     e.rec.boot_count = boot;
+    e.bootedAt = performance.now();
   };
 
   const closeServers = async (e: Entry) => {
     const servers = e.servers;
     e.servers = undefined;
+    e.bootedAt = undefined;
     if (servers) {
       const closing = servers.close();
       e.closing = closing;
@@ -271,6 +329,16 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
     }
   };
 
+  const takeSnapshot = async (id: string, caller: string | undefined) => {
+    const e = find(id, caller);
+    if (e.rec.state !== "running") throw new SimulatorError(409, `vm must be running to snapshot (current state: ${e.rec.state})`);
+    touch(e, "snapshotted");
+    const snapshot = { ...recordSnapshot(e.rec) };
+    save();
+    await closeServers(e);
+    return { vm: toJson(e), snapshot };
+  };
+
   const load = async () => {
     if (!opts.stateFile) return;
     for (const rec of readStateFile(opts.stateFile)) {
@@ -337,6 +405,7 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
         boot_count: 0,
         owner,
         prev_state: null,
+        snapshots: [],
       });
       entries.set(id, e);
       try {
@@ -365,13 +434,15 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
       return [...entries.values()].filter((e) => visible(e, caller)).map(toJson);
     },
 
-    async snapshot(id, caller) {
-      const e = find(id, caller);
-      if (e.rec.state !== "running") throw new SimulatorError(409, `vm must be running to snapshot (current state: ${e.rec.state})`);
-      touch(e, "snapshotted");
-      save();
-      await closeServers(e);
-      return toJson(e);
+    snapshot: async (id, caller) => (await takeSnapshot(id, caller)).vm,
+    takeSnapshot,
+
+    listSnapshots(id, caller) {
+      return find(id, caller).rec.snapshots.map((s) => ({ ...s }));
+    },
+
+    metrics(id, caller) {
+      return metricsOf(find(id, caller));
     },
 
     requestCounts(id, caller) {

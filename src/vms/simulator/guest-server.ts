@@ -35,6 +35,9 @@ export const MAX_RID_LENGTH = 256;
  */
 export class GuestTraffic {
   private readonly rids = new Map<string, number>();
+  private readonly live = new Set<Socket>();
+  private closedRx = 0;
+  private closedTx = 0;
 
   constructor(private readonly maxRids = MAX_COUNTED_RIDS) {}
 
@@ -62,11 +65,32 @@ export class GuestTraffic {
   resetRequestCounts(): void {
     this.rids.clear();
   }
+
+  /** Follows a guest socket's byte counters until it closes, then keeps its totals. */
+  track(socket: Socket): void {
+    this.live.add(socket);
+    socket.once("close", () => {
+      this.live.delete(socket);
+      this.closedRx += socket.bytesRead;
+      this.closedTx += socket.bytesWritten;
+    });
+  }
+
+  /** TCP payload bytes the guest received and sent, open connections included. */
+  bytes(): { rx: number; tx: number } {
+    let rx = this.closedRx;
+    let tx = this.closedTx;
+    for (const s of this.live) {
+      rx += s.bytesRead;
+      tx += s.bytesWritten;
+    }
+    return { rx, tx };
+  }
 }
 
 /**
  * Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open).
- * Every request is counted in `traffic`.
+ * Every request and connection is recorded in `traffic`.
  */
 export async function openGuestServers(id: GuestIdentity, ports: readonly number[], traffic: GuestTraffic): Promise<GuestServers> {
   const opened: GuestServer[] = [];
@@ -98,6 +122,7 @@ async function openGuestServer(id: GuestIdentity, port: number, traffic: GuestTr
   });
   server.on("connection", (socket: Socket) => {
     sockets.add(socket);
+    traffic.track(socket);
     socket.on("close", () => sockets.delete(socket));
   });
   server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {

@@ -9,10 +9,10 @@ import { listen } from "../../listen.ts";
 import { silentLogger, type Logger } from "../../log.ts";
 import type { VmPlatform } from "../platform.ts";
 import { createSimulatorApi } from "./api.ts";
-import { createSimulatorCore, type CreateVmInput, type SimVm } from "./core.ts";
+import { createSimulatorCore, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
 import { createSimulatorPlatform } from "./platform.ts";
 
-export { ownerOfKey, SimulatorError, type CreateVmInput, type SimVm } from "./core.ts";
+export { MAX_SNAPSHOTS, ownerOfKey, SimulatorError, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
 export { GuestTraffic, MAX_COUNTED_RIDS, MAX_RID_LENGTH } from "./guest-server.ts";
 
 export interface SimulatorOptions {
@@ -42,11 +42,14 @@ export interface Simulator {
   deleteVm(id: string): Promise<void>;
   /** The next `n` restores/starts of this VM fail after their delay (state goes back, 500). */
   failNextRestores(id: string, n: number): void;
+  /** The VM's snapshots, oldest first. Throws SimulatorError 404 for an unknown VM, as do the calls below. */
+  snapshots(id: string): SimSnapshot[];
+  /** Hatch's metrics object for the VM (uptime since the last boot while running, else 0). */
+  metrics(id: string): SimMetrics;
   /**
    * Requests the VM's guest servers received (any port, WebSocket upgrades included) per `rid`
    * query value, counted when the request head arrived; kept across snapshot/restore, not saved
    * to the state file. At most MAX_COUNTED_RIDS distinct values; new ones beyond are not counted.
-   * Throws SimulatorError 404 for an unknown VM, as does resetRequestCounts.
    */
   requestCounts(id: string): Record<string, number>;
   /** Forgets the VM's request counts. */
@@ -86,6 +89,8 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     start: (id) => core.start(id),
     deleteVm: (id) => core.deleteVm(id),
     failNextRestores: (id, n) => core.failNextRestores(id, n),
+    snapshots: (id) => core.listSnapshots(id),
+    metrics: (id) => core.metrics(id),
     requestCounts: (id) => core.requestCounts(id),
     resetRequestCounts: (id) => core.resetRequestCounts(id),
     async listen(addr) {

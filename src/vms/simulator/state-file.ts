@@ -6,6 +6,10 @@ import { VM_STATES } from "../platform.ts";
 
 const port = v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(65535));
 
+/** A snapshot as Hatch's API shows it. */
+export const StoredSnapshotSchema = v.object({ id: v.string(), vm_id: v.string(), created_at: v.string() });
+export type StoredSnapshot = v.InferOutput<typeof StoredSnapshotSchema>;
+
 /** One VM as stored: its public fields plus what the simulator keeps private. */
 export const StoredVmSchema = v.object({
   id: v.string(),
@@ -27,6 +31,8 @@ export const StoredVmSchema = v.object({
   owner: v.nullable(v.string()),
   /** The state a restore/start began from, so a crash mid-wake reloads as asleep. */
   prev_state: v.nullable(v.picklist(VM_STATES)),
+  /** Oldest first; absent in files written before snapshots were listed. */
+  snapshots: v.optional(v.array(StoredSnapshotSchema), () => []),
 });
 export type StoredVm = v.InferOutput<typeof StoredVmSchema>;
 
