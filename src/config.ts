@@ -62,6 +62,22 @@ function custom<T>(parse: (s: string) => T | undefined, form: string) {
   );
 }
 const duration = custom(parseDuration, "a Go duration such as 60s, 1m30s or 250ms");
+const positiveDuration = custom((s) => {
+  const ms = parseDuration(s);
+  return ms !== undefined && ms > 0 ? ms : undefined;
+}, "a Go duration above zero such as 60s, 1m30s or 250ms");
+const httpUrls = custom((s) => {
+  const list = s.split(",").map((u) => u.trim()).filter(Boolean);
+  const ok = list.length > 0 && list.every((u) => {
+    try {
+      const p = new URL(u).protocol;
+      return p === "http:" || p === "https:";
+    } catch {
+      return false;
+    }
+  });
+  return ok ? list.map((u) => u.replace(/\/+$/, "")) : undefined;
+}, "comma-separated http:// or https:// URLs");
 const addr = custom(parseAddr, "an address such as :8080 or 127.0.0.1:8080");
 const bytes = custom(parseBytes, "a size in bytes such as 10485760, 64KiB or 10MiB");
 const intIn = (min: number, max: number) =>
@@ -130,6 +146,11 @@ export const ENV_VARS = {
   HATCH_WAKE_MAX_BODY: { default: "10MiB", schema: bytes, doc: "Largest request body held while a VM wakes (larger → 413)." },
   HATCH_WAKE_MAX_WAITERS: { default: "1000", schema: intIn(1, 1_000_000), doc: "Most requests held per waking VM (more → 503 with Retry-After)." },
   HATCH_WAKE_PAGE_AFTER: { default: "1s", schema: duration, doc: "Browsers still waiting after this get a self-refreshing 'waking' page; 0 = never." },
+  HATCH_IDLE_TIMEOUT: { default: "10m", schema: duration, doc: "A running VM with routes and no activity for this long is put to sleep; 0 = never." },
+  HATCH_IDLE_CHECK_INTERVAL: { default: "1m", schema: positiveDuration, doc: "How often the idle sweeper looks for idle VMs (one sweeper acts at a time across replicas)." },
+  HATCH_IDLE_ACTION: { default: "snapshot", schema: v.picklist(["snapshot", "stop"], "one of snapshot, stop"), doc: "How an idle VM is put to sleep: `snapshot` (memory kept, fast restore) or `stop`." },
+  HATCH_IDLE_DRAIN_TIMEOUT: { default: "30s", schema: positiveDuration, doc: "Longest wait for in-flight requests and open connections before a sleep; past it the sleep is cancelled, never forced." },
+  HATCH_TRAEFIK_API_URLS: { default: undefined, schema: httpUrls, doc: "Comma-separated URLs of the Traefik instances' API/metrics entry point (e.g. `http://127.0.0.1:9092`): their direct-path traffic counts as activity, and a sleep waits until each has dropped the VM's routers. `npm start` sets its own." },
   HATCH_LOG_LEVEL: { default: "info", schema: logLevel, doc: "Log level: debug, info, warn, error or silent." },
   HATCH_PROXY_FRONT: { default: "auto", schema: v.picklist(["auto", "traefik", "embedded"], "one of auto, traefik, embedded"), doc: "What `npm start` serves HATCH_PROXY_ADDR with: `auto` (Traefik when a binary is found, else the embedded proxy), `traefik` (fail without one), `embedded`." },
   TRAEFIK_BIN: { default: undefined, schema: nonEmpty, doc: "Traefik binary `npm start` runs in front; default: PATH, then the build cache of scripts/traefik.sh." },
@@ -164,6 +185,11 @@ export interface Config {
   wakeMaxBody: number;
   wakeMaxWaiters: number;
   wakePageAfterMs: number;
+  idleTimeoutMs: number;
+  idleCheckIntervalMs: number;
+  idleAction: "snapshot" | "stop";
+  idleDrainTimeoutMs: number;
+  traefikApiUrls: string[];
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   proxyFront: "auto" | "traefik" | "embedded";
   traefikBin: string | undefined;
@@ -221,6 +247,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     wakeMaxBody: get("HATCH_WAKE_MAX_BODY") as number,
     wakeMaxWaiters: get("HATCH_WAKE_MAX_WAITERS") as number,
     wakePageAfterMs: get("HATCH_WAKE_PAGE_AFTER") as number,
+    idleTimeoutMs: get("HATCH_IDLE_TIMEOUT") as number,
+    idleCheckIntervalMs: get("HATCH_IDLE_CHECK_INTERVAL") as number,
+    idleAction: get("HATCH_IDLE_ACTION") as Config["idleAction"],
+    idleDrainTimeoutMs: get("HATCH_IDLE_DRAIN_TIMEOUT") as number,
+    traefikApiUrls: (out.HATCH_TRAEFIK_API_URLS as string[] | undefined) ?? [],
     logLevel: get("HATCH_LOG_LEVEL") as Config["logLevel"],
     proxyFront: get("HATCH_PROXY_FRONT") as Config["proxyFront"],
     traefikBin: out.TRAEFIK_BIN as string | undefined,

@@ -123,6 +123,8 @@ async function startEverything(config: Config, log: Logger): Promise<() => Promi
   }
   // Traefik and the sidecar are both ours here, so they can share a fresh secret.
   if (traefikBin && !config.wakeSecret) config = { ...config, wakeSecret: randomBytes(24).toString("base64url") };
+  // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
+  if (traefikBin) config = { ...config, traefikApiUrls: [...config.traefikApiUrls, `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}`] };
   const stack = await startStack(config, log, { api: true, simulator: true, wake: Boolean(traefikBin) });
   let front =
     config.proxyFront === "embedded"
@@ -140,7 +142,11 @@ async function startEverything(config: Config, log: Logger): Promise<() => Promi
       front = `embedded proxy (Traefik failed to start: ${(err as Error).message})`;
     }
   }
-  if (!traefik) await addEmbeddedProxy(stack);
+  if (!traefik) {
+    // Nothing routes around the proxy: no Traefik to read or to wait for.
+    stack.fronts?.setUrls(config.traefikApiUrls.filter((u) => u !== `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}`));
+    await addEmbeddedProxy(stack);
+  }
   printBanner(stack, config, front);
   return () => stack.close();
 }

@@ -22,6 +22,11 @@ import { createHatchClient } from "./vms/hatch-client.ts";
 import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
 import { createSimulator, type Simulator } from "./vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "./wake/proxy.ts";
+import { createLifecycleRuntime, type LifecycleRuntime } from "./lifecycle/runtime.ts";
+import { Sleeper, type SleeperOptions } from "./lifecycle/sleeper.ts";
+import { FrontActivity } from "./lifecycle/front-activity.ts";
+import { IdleSweeper } from "./lifecycle/sweeper.ts";
+import { TraefikFronts } from "./traefik/fronts.ts";
 
 /** Serves a fetch-style handler (Hono) on node:http; resolves once listening. */
 export function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
@@ -65,6 +70,8 @@ export interface StackParts {
    * HATCH_SIM_ADDR. Without it and without HATCH_API_URL, the platform is the simulator at HATCH_SIM_ADDR.
    */
   simulator?: boolean;
+  /** Timing of the sleep protocol (tests shorten the settle window). */
+  sleeperOptions?: SleeperOptions;
 }
 
 export interface Stack {
@@ -73,7 +80,13 @@ export interface Stack {
   platform: VmPlatform;
   directory: VmDirectory;
   simulator?: Simulator;
+  /** The lifecycle pieces the proxies and the API of this process share. */
+  runtime: LifecycleRuntime;
   configService?: ConfigService;
+  /** The Traefik instances read for activity and sleep confirmation (API processes). */
+  fronts?: TraefikFronts;
+  sleeper?: Sleeper;
+  sweeper?: IdleSweeper;
   wakeProxy?: WakeProxy;
   embeddedProxy?: WakeProxy;
   api?: Listening;
@@ -139,11 +152,15 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     if (simulator) onSimulatorChange = () => void directory.refreshAll().catch(() => {});
     closers.push(async () => directory.stop());
 
-    const stack: Stack = { config, database, platform, directory, log, close, defer: (step) => void closers.push(step) };
+    const runtime = createLifecycleRuntime({ config, database, platform, directory, log: log.child({ component: "lifecycle" }) });
+    await runtime.start();
+    closers.push(() => runtime.stop());
+
+    const stack: Stack = { config, database, platform, directory, runtime, log, close, defer: (step) => void closers.push(step) };
     if (simulator) stack.simulator = simulator;
     if (simApi) stack.simApi = simApi;
 
-    const wakeDeps = { config, database, platform, directory, log: log.child({ component: "wake" }) };
+    const wakeDeps = { config, database, platform, directory, lifecycle: runtime.lifecycle, log: log.child({ component: "wake" }) };
     if (parts.wake) {
       const wakeProxy = createWakeProxy(wakeDeps, { embedded: false });
       stack.wakeProxy = wakeProxy;
@@ -154,10 +171,29 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     if (parts.embeddedProxy) await addEmbeddedProxy(stack);
 
     if (parts.api) {
-      const configService = createConfigService({ database, directory, config, log: log.child({ component: "traefik-config" }) });
+      const configService = createConfigService({ database, directory, config, sleeps: runtime.sleeps, log: log.child({ component: "traefik-config" }) });
       await configService.start();
       closers.push(() => configService.stop());
       stack.configService = configService;
+      const sleepLog = log.child({ component: "sleep" });
+      const fronts = new TraefikFronts({ urls: config.traefikApiUrls, timeoutMs: 2000, log: sleepLog });
+      const sleeper = new Sleeper({ config, database, platform, directory, activity: runtime.activity, fronts, log: sleepLog }, parts.sleeperOptions);
+      const front = new FrontActivity({
+        fronts,
+        directory,
+        activity: runtime.activity,
+        sleeps: runtime.sleeps,
+        vmOfService: (s) => configService.vmOfService(s),
+        routedVms: () => configService.routedVms(),
+        intervalMs: Math.min(config.idleCheckIntervalMs, 5000),
+        log: sleepLog,
+      });
+      front.start();
+      closers.push(async () => front.stop());
+      const sweeper = new IdleSweeper({ config, database, directory, activity: runtime.activity, sleeps: runtime.sleeps, sleeper, front, log: sleepLog });
+      sweeper.start();
+      closers.push(() => sweeper.stop());
+      Object.assign(stack, { fronts, sleeper, sweeper });
       const { auth, generatedKey, keyFile } = configureAuth(config);
       if (generatedKey) Object.assign(stack, { generatedKey, keyFile });
       const app = createApp({
@@ -170,7 +206,8 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         mounts: { "/traefik": traefikEndpoint(configService, { config, log }) },
         // Metrics of this process's proxy: the sidecar, or the embedded proxy (which `start` may add
         // after the API, when Traefik is missing or fails). One of them runs, never both.
-        registries: () => [stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])),
+        registries: () => [...[stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])), sleeper.registry],
+        sleep: { sleeper, activity: runtime.activity },
         readiness: [
           {
             name: "traefik_config",
@@ -194,7 +231,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
  */
 export async function addEmbeddedProxy(stack: Stack): Promise<Listening> {
   const { config, database, platform, directory } = stack;
-  const proxy = createWakeProxy({ config, database, platform, directory, log: stack.log.child({ component: "proxy" }) }, { embedded: true });
+  const proxy = createWakeProxy({ config, database, platform, directory, lifecycle: stack.runtime.lifecycle, log: stack.log.child({ component: "proxy" }) }, { embedded: true });
   stack.embeddedProxy = proxy;
   stack.defer(() => proxy.close());
   const listening = await startWakeServer(proxy, config.proxyAddr);

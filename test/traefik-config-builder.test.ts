@@ -20,9 +20,19 @@ const SCHEMA_PATH =
   process.env.TRAEFIK_SCHEMA ?? fileURLToPath(new URL("../../shared/schemas/traefik-v3-file-provider.json", import.meta.url));
 if (!existsSync(SCHEMA_PATH)) console.warn(`[traefik-config-builder] ${SCHEMA_PATH} not found: the SchemaStore lint is SKIPPED`);
 // The SchemaStore schema is a lint, used only where it exists; the real-Traefik suite is the authority.
-const validate = existsSync(SCHEMA_PATH)
-  ? new Ajv({ strict: false, allErrors: true }).compile(JSON.parse(readFileSync(SCHEMA_PATH, "utf8")))
-  : undefined;
+const validate = existsSync(SCHEMA_PATH) ? new Ajv({ strict: false, allErrors: true }).compile(withV36Fields(JSON.parse(readFileSync(SCHEMA_PATH, "utf8")))) : undefined;
+
+/**
+ * The schema predates v3.6's `statusRewrites` on the errors middleware (read in Traefik's
+ * pkg/config/dynamic/middlewares.go: map of status ranges to a status); teach it that one field.
+ */
+function withV36Fields(schema: any) {
+  const errors = (schema.definitions ?? schema.$defs)?.errorsMiddleware;
+  if (errors?.properties && !errors.properties.statusRewrites) {
+    errors.properties.statusRewrites = { type: "object", additionalProperties: { type: "integer" } };
+  }
+  return schema;
+}
 
 /** Lints a produced document against the SchemaStore schema (no-op when the schema is absent). */
 function lint(doc: unknown) {
@@ -50,9 +60,17 @@ describe("buildDynamicConfig", () => {
     entryPoints: ["web"],
     priority: 10_000,
   };
+  const transports = { "hatch-vm": { forwardingTimeouts: { dialTimeout: "5s" } } };
+  const retry = { "hatch-vm-retry": { retry: { attempts: 6, initialInterval: "500ms" } } };
   const fallback = {
+    ...retry,
     "hatch-sleep-fallback": {
-      errors: { query: "/.well-known/hatch-proxy/sleep-fallback?status={status}&url={url}", service: "hatch-wake", status: ["502", "504"] },
+      errors: {
+        query: "/.well-known/hatch-proxy/sleep-fallback?status={status}&url={url}",
+        service: "hatch-wake",
+        status: ["502", "504"],
+        statusRewrites: { "502": 307, "504": 307 },
+      },
     },
   };
 
@@ -72,16 +90,17 @@ describe("buildDynamicConfig", () => {
       http: {
         middlewares: fallback,
         routers: {
-          rt_run: { rule: "Host(`app.hatch.local`)", service: "rt_run", entryPoints: ["web"] },
+          rt_run: { rule: "Host(`app.hatch.local`)", service: "rt_run", entryPoints: ["web"], middlewares: ["hatch-vm-retry"] },
           "rt_run-get": { rule: getOnly("app.hatch.local"), service: "rt_run", entryPoints: ["web"], middlewares: ["hatch-sleep-fallback"] },
-          rt_run2: { rule: "Host(`app-admin.hatch.local`)", service: "rt_run2", entryPoints: ["web"] },
+          rt_run2: { rule: "Host(`app-admin.hatch.local`)", service: "rt_run2", entryPoints: ["web"], middlewares: ["hatch-vm-retry"] },
           "rt_run2-get": { rule: getOnly("app-admin.hatch.local"), service: "rt_run2", entryPoints: ["web"], middlewares: ["hatch-sleep-fallback"] },
           "hatch-streams": streams,
           "hatch-wake": catchAll,
         },
+        serversTransports: transports,
         services: {
-          rt_run: { loadBalancer: { servers: [{ url: "http://172.16.0.10:8080" }], passHostHeader: true } },
-          rt_run2: { loadBalancer: { servers: [{ url: "http://172.16.0.10:3000" }], passHostHeader: true } },
+          rt_run: { loadBalancer: { servers: [{ url: "http://172.16.0.10:8080" }], passHostHeader: true, serversTransport: "hatch-vm" } },
+          rt_run2: { loadBalancer: { servers: [{ url: "http://172.16.0.10:3000" }], passHostHeader: true, serversTransport: "hatch-vm" } },
           "hatch-wake": { loadBalancer: { servers: [{ url: "http://127.0.0.1:9091" }], passHostHeader: true } },
         },
       },
@@ -162,7 +181,7 @@ describe("buildDynamicConfig", () => {
       apiUrl: "http://127.0.0.1:8080",
     });
     const tls = { certResolver: "le", domains: [{ main: "hatch.local", sans: ["*.hatch.local"] }] };
-    expect(doc.http.routers.rt_a).toEqual({ rule: "Host(`a.hatch.local`)", service: "rt_a", entryPoints: ["websecure"], tls });
+    expect(doc.http.routers.rt_a).toEqual({ rule: "Host(`a.hatch.local`)", service: "rt_a", entryPoints: ["websecure"], middlewares: ["hatch-vm-retry"], tls });
     for (const name of ["rt_a-get", "hatch-wake", "hatch-streams", "hatch-api"]) expect(doc.http.routers[name]!.tls).toEqual(tls);
     lint(doc);
   });
@@ -175,16 +194,22 @@ describe("buildDynamicConfig", () => {
   it("adds the wake secret middleware to the routers to the sidecar only when a secret is set, and the secret (encoded) to the fallback query", () => {
     const doc = buildDynamicConfig([route("rt_a", "vm_a", "a")], vmsOf(vm("vm_a", "running")), { ...base, wakeSecret: "s3cret&x=1" });
     expect(doc.http.middlewares).toEqual({
+      ...retry,
       "hatch-sleep-fallback": {
         // The errors middleware sends no custom header: the secret rides in the query, percent-encoded.
-        errors: { query: "/.well-known/hatch-proxy/sleep-fallback?token=s3cret%26x%3D1&status={status}&url={url}", service: "hatch-wake", status: ["502", "504"] },
+        errors: {
+          query: "/.well-known/hatch-proxy/sleep-fallback?token=s3cret%26x%3D1&status={status}&url={url}",
+          service: "hatch-wake",
+          status: ["502", "504"],
+          statusRewrites: { "502": 307, "504": 307 },
+        },
       },
       "hatch-wake-auth": { headers: { customRequestHeaders: { "X-Hatch-Wake-Secret": "s3cret&x=1" } } },
     });
     expect(doc.http.routers["hatch-wake"]!.middlewares).toEqual(["hatch-wake-auth"]);
     expect(doc.http.routers["hatch-streams"]!.middlewares).toEqual(["hatch-wake-auth"]);
     // Direct routes go to the VM, never through the sidecar's secret.
-    expect(doc.http.routers.rt_a!.middlewares).toBeUndefined();
+    expect(doc.http.routers.rt_a!.middlewares).toEqual(["hatch-vm-retry"]);
     expect(doc.http.routers["rt_a-get"]!.middlewares).toEqual(["hatch-sleep-fallback"]);
     lint(doc);
   });

@@ -94,8 +94,8 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     const res = await app.request("/config");
     expect(res.headers.get("content-type")).toBe("application/json");
     const body = (await res.json()) as any;
-    expect(body.http.routers.rt_followme).toEqual({ entryPoints: ["web"], rule: "Host(`follow-me.hatch.local`)", service: "rt_followme" });
-    expect(body.http.services.rt_followme).toEqual({ loadBalancer: { passHostHeader: true, servers: [{ url: "http://127.0.1.7:8080" }] } });
+    expect(body.http.routers.rt_followme).toEqual({ entryPoints: ["web"], middlewares: ["hatch-vm-retry"], rule: "Host(`follow-me.hatch.local`)", service: "rt_followme" });
+    expect(body.http.services.rt_followme).toEqual({ loadBalancer: { passHostHeader: true, servers: [{ url: "http://127.0.1.7:8080" }], serversTransport: "hatch-vm" } });
 
     dir.set("vm_follow", "snapshotted");
     await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-wake"]);

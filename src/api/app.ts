@@ -11,6 +11,7 @@ import type { Authenticator, Principal } from "./auth.ts";
 import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
+import { registerSleepEndpoints, type SleepDeps } from "./vm-sleep.ts";
 
 export interface ApiDeps {
   config: Config;
@@ -28,6 +29,8 @@ export interface ApiDeps {
   registries?: Registry[] | (() => Registry[]);
   /** Extra readiness checks for /readyz (e.g. "traefik config built"). */
   readiness?: ReadinessCheck[];
+  /** The sleep protocol: with it, POST /vms/{id}/sleep and GET /vms/{id}/activity are served. */
+  sleep?: SleepDeps | undefined;
 }
 
 export type ApiEnv = { Variables: { principal: Principal; log: Logger; requestId: string } };
@@ -36,6 +39,8 @@ export type ApiEnv = { Variables: { principal: Principal; log: Logger; requestId
 const ALLOWED: [RegExp, string[]][] = [
   [/^\/vms\/[^/]+\/routes\/?$/, ["GET", "POST"]],
   [/^\/routes\/[^/]+\/?$/, ["GET", "DELETE"]],
+  [/^\/vms\/[^/]+\/sleep\/?$/, ["POST"]],
+  [/^\/vms\/[^/]+\/activity\/?$/, ["GET"]],
   [/^\/(healthz|readyz|metrics|openapi\.json)$/, ["GET"]],
   [/^\/traefik\/config(\.yaml)?$/, ["GET"]],
 ];
@@ -98,6 +103,11 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   app.on(["GET", "DELETE"], "/routes/:route_id", requireAuth);
 
   registerRouteEndpoints(app, deps);
+  if (deps.sleep) {
+    app.post("/vms/:vm_id/sleep", requireAuth);
+    app.get("/vms/:vm_id/activity", requireAuth);
+    registerSleepEndpoints(app, deps, deps.sleep);
+  }
   const extra = deps.registries ?? [];
   registerHealthEndpoints(app, deps, () => [registry, ...(typeof extra === "function" ? extra() : extra)]);
   const openapi = buildOpenApiDocument(deps.config);

@@ -2,33 +2,15 @@ import type { Hono } from "hono";
 import { AppError, notFound } from "../errors.ts";
 import { deleteRoute, getRoute, insertRoute, listRoutesByVm, SubdomainTakenError } from "../db/routes.repo.ts";
 import { newRouteId, randomAlnum } from "../ids.ts";
-import { PlatformUnavailableError, type Vm } from "../vms/platform.ts";
 import { readJsonBody } from "./body.ts";
+import { ID_RE, vmForCaller as vmOf } from "./vm-access.ts";
 import { checkCreateRoute, RESERVED_SUBDOMAINS, TEXT, toRouteJson } from "./routes.schemas.ts";
 import type { ApiEnv, ApiDeps } from "./app.ts";
-
-/** VM and route ids are opaque, but anything outside this shape cannot exist: 404 without asking. */
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
 /** Registers Hatch's Routes API: create, list per VM, get and delete one. */
 export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {
   const { database, platform, directory } = deps;
-
-  /** The VM as the caller may see it, or 404; a platform outage is a 503, never a 500. */
-  async function vmForCaller(vmId: string, key: string | undefined): Promise<Vm> {
-    if (!ID_RE.test(vmId)) throw notFound();
-    let vm: Vm | undefined;
-    try {
-      vm = await platform.get(vmId, { userKey: key });
-    } catch (err) {
-      if (err instanceof PlatformUnavailableError) {
-        throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", cause: err });
-      }
-      throw err;
-    }
-    if (!vm) throw notFound();
-    return vm;
-  }
+  const vmForCaller = (vmId: string, key: string | undefined) => vmOf(platform, vmId, key);
 
   app.post("/vms/:vm_id/routes", async (c) => {
     const principal = c.get("principal");

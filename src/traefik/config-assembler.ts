@@ -33,6 +33,7 @@ export function createConfigAssembler(settings: TraefikSettings): ConfigAssemble
   const fixedRouters = Object.entries(fixedDoc.routers).map(([name, r]) => entry(name, r));
   const fixedServices = Object.entries(fixedDoc.services).map(([name, sv]) => entry(name, sv));
   const head = `{"http":{"middlewares":${JSON.stringify(fixedDoc.middlewares)},"routers":{`;
+  const transports = `"serversTransports":${JSON.stringify(fixedDoc.serversTransports)}`;
   let cache = new Map<string, Piece>();
 
   function pieceFor(route: RouteLike, vm: Vm): Piece | undefined {
@@ -70,7 +71,7 @@ export function createConfigAssembler(settings: TraefikSettings): ConfigAssemble
       cache = next;
       const r = [...routers.values()].sort(byName);
       const sv = [...services.values()].sort(byName);
-      return { json: `${head}${r.map((e) => e[1]).join(",")}},"services":{${sv.map((e) => e[1]).join(",")}}}}`, routers: r.length };
+      return { json: `${head}${r.map((e) => e[1]).join(",")}},${transports},"services":{${sv.map((e) => e[1]).join(",")}}}}`, routers: r.length };
     },
   };
 }

@@ -31,6 +31,16 @@ export const WAKE_SERVICE = "hatch-wake";
 export const WAKE_MIDDLEWARE = "hatch-wake-auth";
 export const STREAMS_ROUTER = "hatch-streams";
 export const FALLBACK_MIDDLEWARE = "hatch-sleep-fallback";
+export const RETRY_MIDDLEWARE = "hatch-vm-retry";
+export const VM_TRANSPORT = "hatch-vm";
+/**
+ * Traefik's retry repeats a request only when its connection failed before the request was
+ * written (no byte reached the VM, so nothing runs twice): a VM put to sleep behind Traefik's back
+ * and woken within about 3.4 s (6 attempts, 500 ms growing) still answers non-GET requests.
+ */
+export const RETRY = { attempts: 6, initialInterval: "500ms" };
+/** A VM's port accepts within milliseconds; a dead one must not cost Traefik's default 30 s per attempt. */
+export const VM_DIAL_TIMEOUT = "5s";
 export const API_ROUTER = "hatch-api";
 export const API_SERVICE = "hatch-api";
 export const WAKE_SECRET_HEADER = "X-Hatch-Wake-Secret";
@@ -52,6 +62,13 @@ export const FALLBACK_PATH = "/.well-known/hatch-proxy/sleep-fallback";
  * 503 is left to the apps: Traefik does not produce it for a single-server service.
  */
 export const FALLBACK_STATUSES = ["502", "504"];
+/**
+ * The errors middleware answers with the status it caught whatever its service says (it discards
+ * the service's status), so the fallback's status is fixed here: a 307 back to the same URL, which
+ * the sidecar sends once the VM is awake; the client repeats the request and gets the app's own
+ * answer and status.
+ */
+export const FALLBACK_REWRITE = 307;
 
 // Keys are declared (and created) in sorted order: entryPoints, middlewares, priority, rule, service, tls.
 type Router = {
@@ -62,15 +79,18 @@ type Router = {
   service: string;
   tls?: { certResolver: string; domains: { main: string; sans: string[] }[] };
 };
-type Service = { loadBalancer: { passHostHeader: boolean; servers: { url: string }[] } };
+type Service = { loadBalancer: { passHostHeader: boolean; servers: { url: string }[]; serversTransport?: string } };
 type Middleware =
   | { headers: { customRequestHeaders: Record<string, string> } }
-  | { errors: { query: string; service: string; status: string[] } };
+  | { errors: { query: string; service: string; status: string[]; statusRewrites: Record<string, number> } }
+  | { retry: { attempts: number; initialInterval: string } };
+type ServersTransport = { forwardingTimeouts: { dialTimeout: string } };
 
 export interface DynamicConfig {
   http: {
     middlewares: Record<string, Middleware>;
     routers: Record<string, Router>;
+    serversTransports: Record<string, ServersTransport>;
     services: Record<string, Service>;
   };
 }
@@ -97,7 +117,7 @@ export function fallbackQuery(wakeSecret: string | undefined): string {
 }
 
 const SAFE_NAME = /^[A-Za-z0-9_-]+$/;
-const RESERVED_NAMES = new Set([WAKE_ROUTER, WAKE_SERVICE, WAKE_MIDDLEWARE, STREAMS_ROUTER, FALLBACK_MIDDLEWARE, API_ROUTER, API_SERVICE]);
+const RESERVED_NAMES = new Set([WAKE_ROUTER, WAKE_SERVICE, WAKE_MIDDLEWARE, STREAMS_ROUTER, FALLBACK_MIDDLEWARE, RETRY_MIDDLEWARE, VM_TRANSPORT, API_ROUTER, API_SERVICE]);
 
 /**
  * The router/service name of a route. Route ids are already safe (`rt_…`); anything else (an `@`,
@@ -120,16 +140,16 @@ function hostUrl(ip: string, port: number): string {
 }
 
 /**
- * A running route's routers and service: `<name>` for every method, and `<name>-get` (longer rule,
- * so tried first) for GET and HEAD with the sleep fallback: if the VM went to sleep behind
- * Traefik's back, the errors middleware re-asks the sidecar, which wakes it and answers.
+ * A running route's routers and service: `<name>` for every method (with the retry), and
+ * `<name>-get` (longer rule, so tried first) for GET and HEAD with the sleep fallback: if the VM
+ * went to sleep behind Traefik's back, the errors middleware asks the sidecar, which wakes it.
  */
 export function routeObjects(route: RouteLike, guestIp: string, s: TraefikSettings): { routers: [string, Router][]; service: [string, Service] } {
   const entryPoints = [...s.entryPoints];
   const tls = tlsOf(s);
   const [name, getName] = routeRouterNames(route.id);
   const host = "Host(`" + route.subdomain + "." + s.baseDomain + "`)";
-  const plain: Router = { entryPoints, rule: host, service: name };
+  const plain: Router = { entryPoints, middlewares: [RETRY_MIDDLEWARE], rule: host, service: name };
   const get: Router = { entryPoints, middlewares: [FALLBACK_MIDDLEWARE], rule: `${host} && (Method(\`GET\`) || Method(\`HEAD\`))`, service: name };
   if (tls) {
     plain.tls = tls;
@@ -140,7 +160,7 @@ export function routeObjects(route: RouteLike, guestIp: string, s: TraefikSettin
       [name, plain],
       [getName, get],
     ],
-    service: [name, { loadBalancer: { passHostHeader: true, servers: [{ url: hostUrl(guestIp, route.targetPort) }] } }],
+    service: [name, { loadBalancer: { passHostHeader: true, servers: [{ url: hostUrl(guestIp, route.targetPort) }], serversTransport: VM_TRANSPORT } }],
   };
 }
 
@@ -201,10 +221,25 @@ export function buildDynamicConfig(
   }
 
   const middlewares: Record<string, Middleware> = {
-    [FALLBACK_MIDDLEWARE]: { errors: { query: fallbackQuery(s.wakeSecret), service: WAKE_SERVICE, status: [...FALLBACK_STATUSES] } },
+    [FALLBACK_MIDDLEWARE]: {
+      errors: {
+        query: fallbackQuery(s.wakeSecret),
+        service: WAKE_SERVICE,
+        status: [...FALLBACK_STATUSES],
+        statusRewrites: Object.fromEntries(FALLBACK_STATUSES.map((c) => [c, FALLBACK_REWRITE])),
+      },
+    },
   };
+  middlewares[RETRY_MIDDLEWARE] = { retry: { ...RETRY } };
   if (s.wakeSecret) middlewares[WAKE_MIDDLEWARE] = { headers: { customRequestHeaders: { [WAKE_SECRET_HEADER]: s.wakeSecret } } };
-  return { http: { middlewares, routers: Object.fromEntries(routers.sort(byKey)), services: Object.fromEntries(services.sort(byKey)) } };
+  return {
+    http: {
+      middlewares,
+      routers: Object.fromEntries(routers.sort(byKey)),
+      serversTransports: { [VM_TRANSPORT]: { forwardingTimeouts: { dialTimeout: VM_DIAL_TIMEOUT } } },
+      services: Object.fromEntries(services.sort(byKey)),
+    },
+  };
 }
 
 /**

@@ -80,7 +80,8 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     }
     const body = hasNoBody(req) ? undefined : readBody(req, config.wakeMaxBody);
     body?.catch(() => {});
-    const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) ? config.wakePageAfterMs : 0;
+    // A fallback's answer is always shown as a 307 (Traefik rewrites its status): no waking page.
+    const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) && !d.fallback ? config.wakePageAfterMs : 0;
     const onGone = (cb: () => void) => {
       // The client may have left while the route was being resolved: 'close' has already fired.
       if (res.destroyed) {
@@ -106,6 +107,7 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
         if (o.failure.status === 413) return sendTooLarge(req, res, o.failure);
         return sendFailure(res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
       case "ready":
+        if (d.fallback) return sendRetry(res, req.url ?? "/", waitStart);
         tracked(res, d.route.vmId);
         return replay(req, res, d, o.vm, o.body ?? Buffer.alloc(0), o.deadline, waitStart);
     }
@@ -183,6 +185,25 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     req.once("end", end);
     req.once("close", end);
     req.resume();
+  }
+
+  /**
+   * The answer to Traefik's sleep fallback once the VM is awake: back to the same URL. Traefik
+   * sends it as a 307 (FALLBACK_REWRITE), so the client repeats the GET, which now reaches the VM
+   * on its direct router and gets the app's own answer. The sidecar does not run the GET itself:
+   * the app sees it once.
+   */
+  function sendRetry(res: ServerResponse, path: string, waitStart: number): void {
+    metrics.request(307);
+    const text = JSON.stringify({ status: "awake", retry: path });
+    res.writeHead(307, {
+      ...coldHeaders(waitStart),
+      location: path,
+      "cache-control": "no-store",
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(text),
+    });
+    res.end(text);
   }
 
   function sendPage(res: ServerResponse, subdomain: string): void {

@@ -1,0 +1,111 @@
+/**
+ * `POST /vms/{vm_id}/sleep` (run the zero-loss sleep now) and `GET /vms/{vm_id}/activity` (why a
+ * VM is or is not asleep), with the same auth and per-user scoping as the routes.
+ */
+import type { Hono } from "hono";
+import * as v from "valibot";
+import { getIdleFacts } from "../db/activity.repo.ts";
+import { getSleep } from "../db/sleeps.repo.ts";
+import { queryRows } from "../db/client.ts";
+import { sql } from "drizzle-orm";
+import { AppError } from "../errors.ts";
+import type { ActivityRecorder } from "../lifecycle/activity.ts";
+import { STALE_MS } from "../lifecycle/runtime.ts";
+import type { Sleeper } from "../lifecycle/sleeper.ts";
+import type { ApiDeps, ApiEnv } from "./app.ts";
+import { readJsonBody } from "./body.ts";
+import { isoSeconds } from "./routes.schemas.ts";
+import { vmForCaller } from "./vm-access.ts";
+
+/** What the sleep endpoints need beyond the route API's own dependencies. */
+export interface SleepDeps {
+  sleeper: Sleeper;
+  activity: ActivityRecorder;
+}
+
+export const SleepBody = v.pipe(
+  v.object({ action: v.pipe(v.optional(v.picklist(["snapshot", "stop"])), v.description("How to put it to sleep. Default HATCH_IDLE_ACTION.")) }),
+  v.metadata({ example: { action: "snapshot" } }),
+);
+
+export const ActivitySchema = v.object({
+  vm_id: v.string(),
+  state: v.pipe(v.string(), v.description("The VM's state on the platform.")),
+  last_activity_at: v.pipe(v.nullable(v.string()), v.description("Last request or open connection seen on any path (null: never reached).")),
+  idle_since: v.pipe(v.nullable(v.string()), v.description("What the idle time counts from: the last activity, or the creation of the VM's first route if later (null: no routes).")),
+  open_connections: v.pipe(v.number(), v.description("Requests and connections open to the VM through the sidecars and the embedded proxy now.")),
+  idle_timeout_s: v.pipe(v.number(), v.description("HATCH_IDLE_TIMEOUT in seconds (0: idle sleep is off).")),
+  sleeps_at: v.pipe(
+    v.nullable(v.string()),
+    v.description("When the idle sweeper will put it to sleep at the earliest (null: not running, no routes, connections open, a sleep under way, or idle sleep off)."),
+  ),
+  sleep: v.pipe(
+    v.nullable(v.object({ phase: v.string(), reason: v.string(), started_at: v.string() })),
+    v.description("A sleep under way: draining (routers out, work finishing) or sleeping (snapshot/stop running)."),
+  ),
+});
+
+const iso = (d: Date) => d.toISOString();
+
+/** Registers the two endpoints (only where this process can run the sleep protocol). */
+export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: SleepDeps): void {
+  const { database, platform, config } = deps;
+
+  app.post("/vms/:vm_id/sleep", async (c) => {
+    const principal = c.get("principal");
+    const vmId = c.req.param("vm_id");
+    const hasBody = c.req.header("content-length") !== undefined ? c.req.header("content-length") !== "0" : c.req.header("transfer-encoding") !== undefined;
+    const body = hasBody ? await readJsonBody(c) : {};
+    if (typeof body !== "object" || body === null || Array.isArray(body)) throw new AppError(400, "request body must be a JSON object");
+    const unknown = Object.keys(body).filter((k) => k !== "action");
+    if (unknown.length) throw new AppError(400, `unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`);
+    const parsed = v.safeParse(SleepBody, body);
+    if (!parsed.success) throw new AppError(400, 'action must be "snapshot" or "stop"');
+    const vm = await vmForCaller(platform, vmId, principal.scoped ? principal.key : undefined);
+    if (vm.state !== "running") throw new AppError(409, `vm is not running (current state: ${vm.state})`, { code: "not_running" });
+    const r = await sleep.sleeper.sleep(vmId, "api", { action: parsed.output.action });
+    switch (r.outcome) {
+      case "done":
+        return c.json(r.vm);
+      case "not_running":
+        throw new AppError(409, `vm is not running (current state: ${r.vm?.state ?? "gone"})`, { code: "not_running" });
+      case "busy":
+        throw new AppError(409, `a sleep of this vm is already under way (${r.sleep.reason}, ${r.sleep.phase} since ${isoSeconds(r.sleep.startedAt)})`, { code: "sleep_in_progress" });
+      case "cancelled":
+        throw new AppError(409, `sleep cancelled: ${r.why}`, { code: "sleep_cancelled" });
+      case "failed":
+        if (r.unavailable) throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", headers: { "Retry-After": "1" } });
+        throw new AppError(502, `the VM platform did not put the vm to sleep: ${r.why}`, { code: "sleep_failed" });
+    }
+  });
+
+  app.get("/vms/:vm_id/activity", async (c) => {
+    const principal = c.get("principal");
+    const vmId = c.req.param("vm_id");
+    const vm = await vmForCaller(platform, vmId, principal.scoped ? principal.key : undefined);
+    // What this process has open goes in first, so its own view is current.
+    await sleep.activity.flush();
+    const [facts, row, last] = await Promise.all([
+      getIdleFacts(database, vmId, STALE_MS),
+      getSleep(database, vmId),
+      queryRows<{ at: Date | string }>(database, sql`select last_activity_at as at from vm_activity where vm_id = ${vmId}`),
+    ]);
+    const active = row && !row.cancelledAt ? row : undefined;
+    const open = facts?.openConnections ?? 0;
+    let sleepsAt: string | null = null;
+    if (config.idleTimeoutMs > 0 && facts && vm.state === "running" && open === 0 && !active) {
+      sleepsAt = iso(new Date(Math.max(Date.now(), +facts.idleSince + config.idleTimeoutMs)));
+    }
+    const lastAt = last[0] ? new Date(last[0].at) : undefined;
+    return c.json({
+      vm_id: vmId,
+      state: vm.state,
+      last_activity_at: lastAt ? iso(lastAt) : null,
+      idle_since: facts ? iso(facts.idleSince) : null,
+      open_connections: open,
+      idle_timeout_s: config.idleTimeoutMs / 1000,
+      sleeps_at: sleepsAt,
+      sleep: active ? { phase: active.phase, reason: active.reason, started_at: iso(active.startedAt) } : null,
+    } satisfies v.InferOutput<typeof ActivitySchema>);
+  });
+}
