@@ -1,7 +1,24 @@
 import { toJsonSchema } from "@valibot/to-json-schema";
+import * as v from "valibot";
 import type { GenericSchema } from "valibot";
 import type { Config } from "../config.ts";
 import { CreateRouteBody, DeletedSchema, ErrorSchema, RESERVED_SUBDOMAINS, RouteSchema, TEXT } from "./routes.schemas.ts";
+import { ActivitySchema, SleepBody } from "./vm-sleep.ts";
+
+/**
+ * The VM object the sleep endpoint answers with: the VM platform's own (Hatch's fields; the
+ * simulator adds guest_ports, wake_count and a few more), documented here only.
+ */
+const VmSchema = v.looseObject({
+  id: v.string(),
+  state: v.pipe(v.string(), v.description("running, snapshotted, stopped, … (the VM platform's states).")),
+  guest_ip: v.string(),
+  image_id: v.optional(v.string()),
+  vcpu_count: v.optional(v.number()),
+  mem_mib: v.optional(v.number()),
+  created_at: v.optional(v.string()),
+  updated_at: v.optional(v.string()),
+});
 
 const schema = (s: GenericSchema) => {
   const { $schema: _drop, ...rest } = toJsonSchema(s, { errorMode: "ignore" }) as Record<string, unknown>;
@@ -11,6 +28,16 @@ const schema = (s: GenericSchema) => {
 const err = (description: string, example: string) => ({
   description,
   content: { "application/json": { schema: { $ref: "#/components/schemas/Error" }, example: { error: example } } },
+});
+/** An error answer with several possible texts, one named example each. */
+const errs = (description: string, examples: Record<string, string>) => ({
+  description,
+  content: {
+    "application/json": {
+      schema: { $ref: "#/components/schemas/Error" },
+      examples: Object.fromEntries(Object.entries(examples).map(([name, text]) => [name, { value: { error: text } }])),
+    },
+  },
 });
 const unauthorized = err("Missing or invalid API key (`missing api key`, `invalid authorization header`, `invalid api key`).", "invalid api key");
 const notFound = err("Unknown VM or route (or another user's).", "not found");
@@ -39,6 +66,9 @@ export function buildOpenApiDocument(config: Config) {
         CreateRoute: schema(CreateRouteBody),
         Error: schema(ErrorSchema),
         Deleted: schema(DeletedSchema),
+        Vm: schema(VmSchema),
+        SleepRequest: schema(SleepBody),
+        Activity: schema(ActivitySchema),
       },
     },
     paths: {
@@ -80,6 +110,49 @@ export function buildOpenApiDocument(config: Config) {
           summary: "Delete a route",
           parameters: [routeIdParam],
           responses: { "200": routeJson("Deleted.", { $ref: "#/components/schemas/Deleted" }), "401": unauthorized, "404": notFound },
+        },
+      },
+      "/vms/{vm_id}/sleep": {
+        post: {
+          summary: "Put a running VM to sleep now",
+          description:
+            "Runs the zero-loss sleep the idle sweeper runs: the VM's routers leave Traefik, the work in flight finishes " +
+            "(up to HATCH_IDLE_DRAIN_TIMEOUT), then the VM is snapshotted or stopped; the answer comes once it sleeps. " +
+            "A request arriving meanwhile is held and wakes the VM afterwards. The body is optional (none, or `{}`: HATCH_IDLE_ACTION). " +
+            "Error answers also carry a `code` (not_running, sleep_in_progress, sleep_cancelled, sleep_failed, platform_unavailable).",
+          parameters: [vmIdParam],
+          requestBody: { required: false, content: { "application/json": { schema: { $ref: "#/components/schemas/SleepRequest" } } } },
+          responses: {
+            "200": routeJson("The VM, now asleep (`snapshotted` or `stopped`), as the VM platform reports it.", { $ref: "#/components/schemas/Vm" }),
+            "400": errs("Invalid body: not JSON, not an object, unknown field, or an action other than snapshot/stop.", {
+              unknown_field: 'unknown field "force"',
+              bad_action: 'action must be "snapshot" or "stop"',
+            }),
+            "401": unauthorized,
+            "404": notFound,
+            "409": errs("The VM is not running, another sleep of it is under way, or this one was cancelled (a request arrived, the drain timed out, a wake holds the VM).", {
+              not_running: "vm is not running (current state: snapshotted)",
+              sleep_in_progress: "a sleep of this vm is already under way (idle, draining since 2025-01-01T12:00:00Z)",
+              sleep_cancelled: "sleep cancelled: a request arrived",
+            }),
+            "413": err("Body over 64 KiB.", "request body too large (limit 64 KiB)"),
+            "415": err("Content-Type other than JSON.", 'unsupported content type "text/plain": send application/json'),
+            "502": err("The VM platform refused or failed the snapshot/stop; the VM's routers are back.", "the VM platform did not put the vm to sleep: failed to snapshot vm: answered 500"),
+            "503": unavailable,
+          },
+        },
+      },
+      "/vms/{vm_id}/activity": {
+        get: {
+          summary: "Why a VM is or is not asleep",
+          description: "Last activity, open connections, and when the idle sweeper will put it to sleep (or why it will not).",
+          parameters: [vmIdParam],
+          responses: {
+            "200": routeJson("The VM's activity.", { $ref: "#/components/schemas/Activity" }),
+            "401": unauthorized,
+            "404": notFound,
+            "503": unavailable,
+          },
         },
       },
       "/traefik/config": {
