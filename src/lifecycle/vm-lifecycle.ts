@@ -67,6 +67,8 @@ export class VmLifecycle {
   private readonly closers = new Set<() => void>();
   private readonly closing = new AbortController();
   private readonly timeoutText: string;
+  /** When this process last saw each VM come up from a wake (Date.now()). */
+  private readonly upAt = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly deps: LifecycleDeps) {
@@ -131,6 +133,18 @@ export class VmLifecycle {
   /** The proxy metrics this lifecycle reports to. */
   get metrics(): WakeMetrics {
     return this.deps.metrics;
+  }
+
+  /**
+   * True when `vm` came up within `withinMs`: woken by this process, or (woken elsewhere) its
+   * platform `updated_at` is that recent. Tells a direct router's failure caused by a sleep (the
+   * VM was down a moment ago) from an app answering 502 itself.
+   */
+  recentlyUp(vmId: string, vm: Vm, withinMs = 30_000): boolean {
+    const now = Date.now();
+    if (now - (this.upAt.get(vmId) ?? 0) <= withinMs) return true;
+    const updated = typeof vm.updated_at === "string" ? Date.parse(vm.updated_at) : NaN;
+    return Number.isFinite(updated) && Math.abs(now - updated) <= withinMs;
   }
 
   /** Counts one open request or connection to `vmId` (activity for as long as it lasts). */
@@ -246,6 +260,8 @@ export class VmLifecycle {
       else ready = (await directory.refreshOne(vmId).catch(() => undefined)) ?? vm;
       // Woken is in use: the idle clock starts again now, even before the first answer.
       this.deps.activity.touch(vmId);
+      this.upAt.set(vmId, Date.now());
+      if (this.upAt.size > 10_000) this.upAt.clear();
       outcome = "ok";
       return { vm: ready, port, deadline };
     } catch (err) {

@@ -29,7 +29,13 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     if (r.kind === "fail") return sendFailure(res, r.failure);
     const a = await lifecycle.admit(r.route, r.vm);
     if (a.kind === "fail") return sendFailure(res, a.failure);
-    if (a.kind === "forward") return forwardRunning(req, res, { ...r, vm: a.vm }, false);
+    if (a.kind === "forward") {
+      // Traefik's direct router failed a moment ago but the VM runs: if it has just come up (woken
+      // by another request), send the client back to it; otherwise the app answered 502/504
+      // itself, and a redirect could loop: pass the app's answer on.
+      if (r.fallback && lifecycle.recentlyUp(r.route.vmId, a.vm)) return sendRetry(res, req.url ?? "/");
+      return forwardRunning(req, res, { ...r, vm: a.vm }, false);
+    }
     return wakeAndForward(req, res, r, performance.now());
   }
 
@@ -193,11 +199,11 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
    * on its direct router and gets the app's own answer. The sidecar does not run the GET itself:
    * the app sees it once.
    */
-  function sendRetry(res: ServerResponse, path: string, waitStart: number): void {
+  function sendRetry(res: ServerResponse, path: string, waitStart?: number): void {
     metrics.request(307);
     const text = JSON.stringify({ status: "awake", retry: path });
     res.writeHead(307, {
-      ...coldHeaders(waitStart),
+      ...(waitStart === undefined ? {} : coldHeaders(waitStart)),
       location: path,
       "cache-control": "no-store",
       "content-type": "application/json",
