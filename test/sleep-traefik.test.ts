@@ -129,6 +129,10 @@ describe.skipIf(!bin)(`sleep through a real Traefik, on ${kind}`, () => {
       for (const v of [busy, ws, sse]) expect(sim().getVm(v!.vm.id)!.state, `${v!.route.subdomain} must not sleep`).toBe("running");
       await new Promise((r) => setTimeout(r, 250));
     }
+    // Not kept up by a request cancelling each attempt: no idle sleep of them was even started.
+    const during = await (await fetch(`${stack!.api!.url}/metrics`)).text();
+    expect(during).toMatch(/hatch_sleeps_total\{reason="idle",outcome="cancelled"\} 0\n/);
+    expect(during).toMatch(/hatch_sleeps_total\{reason="idle",outcome="done"\} 1\n/);
     const activity = await api(stack!, "GET", `/vms/${ws!.vm.id}/activity`);
     expect(activity.json).toMatchObject({ state: "running", open_connections: 1, sleeps_at: null, idle_timeout_s: 3 });
     // The WebSocket still echoes after 30 s: nothing cut it.
