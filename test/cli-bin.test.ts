@@ -79,6 +79,13 @@ describe("hatch-proxy routes/vms through bin/hatch-proxy.js", { timeout: 60_000 
     expect(usage.err).toMatch(/^error: routes create: --port is required\n\nusage: hatch-proxy routes create <vm>/);
   });
 
+  it("--help lists vms sleep and vms activity, marked as going to the route API", async () => {
+    const help = await cli(["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.out).toContain("  hatch-proxy vms sleep <vm> [--action snapshot|stop]  (route API)\n");
+    expect(help.out).toContain("  hatch-proxy vms activity <vm>                        (route API)\n");
+  });
+
   it("exits 1 with a hint when nothing listens", async () => {
     const probe = createServer();
     await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));

@@ -280,6 +280,7 @@ describe("usage", () => {
     ["a value that looks like an option", ["routes", "create", "vm_x", "--port", "80", "--subdomain", "-x"], `error: routes create: --subdomain needs a value (for one starting with "-", write --subdomain=<value>)\n\n${createUsage}`],
     ["a value for a flag", ["routes", "list", "a", "--json=yes"], `error: routes list: --json takes no value\n\n${listUsage}`],
     ["a bad --api-url", ["routes", "list", "a", "--api-url", "ftp://x"], `error: --api-url="ftp://x": expected an http:// or https:// URL\n\n${listUsage}`],
+    ["a bad --action", ["vms", "sleep", "vm_x", "--action", "pause"], 'error: vms sleep: --action must be "snapshot" or "stop", not "pause"\n\nusage: hatch-proxy vms sleep <vm> [--action snapshot|stop]\n(hatch-proxy vms sleep --help for the options)\n'],
     ["a bad --restore-ms", ["vms", "create", "--restore-ms", "1s"], 'error: vms create: --restore-ms must be a whole number of milliseconds, not "1s"\n\nusage: hatch-proxy vms create [--port <port>]... [--restore-ms <ms>]\n(hatch-proxy vms create --help for the options)\n'],
   ];
   it.each(cases)("%s exits 2 with the usage on stderr and sends nothing", async (_name, argv, err) => {
@@ -302,7 +303,7 @@ describe("usage", () => {
     expect(group.code).toBe(0);
     expect(group.err).toBe("");
     expect(group.out.split("\n").filter((l) => l.startsWith("  hatch-proxy vms ")).map((l) => l.split(" ")[4])).toEqual([
-      "create", "list", "get", "snapshot", "restore", "stop", "start", "delete",
+      "create", "list", "get", "snapshot", "restore", "stop", "start", "delete", "sleep", "activity",
     ]);
     const sub = await run(["routes", "create", "vm_x", "--port", "nonsense", "-h"], baseEnv(), noFetch);
     expect(sub.code).toBe(0);
@@ -317,7 +318,7 @@ describe("usage", () => {
     const lines = PEOPLE_USAGE.split("\n").filter((l) => l.startsWith("  hatch-proxy "));
     expect(lines.map((l) => l.split(" ").slice(3, 5).join(" "))).toEqual([
       "routes create", "routes list", "routes get", "routes delete",
-      "vms create", "vms list", "vms get", "vms snapshot", "vms restore", "vms stop", "vms start", "vms delete",
+      "vms create", "vms list", "vms get", "vms snapshot", "vms restore", "vms stop", "vms start", "vms delete", "vms sleep", "vms activity",
     ]);
   });
 });

@@ -1,12 +1,14 @@
 /**
  * The commands for people: `hatch-proxy routes …` (the route API) and `hatch-proxy vms …` (the VM
- * platform API). main.ts dispatches here; nothing in this module exits the process or reads
- * process.env: the environment and the output streams come in as arguments.
+ * platform API, but `vms sleep` and `vms activity` the route API, which runs the sleep protocol).
+ * main.ts dispatches here; nothing in this module exits the process or reads process.env: the
+ * environment and the output streams come in as arguments.
  */
 import { parseArgs } from "node:util";
 import { CliError, type ApiAnswer, type ApiTarget } from "./http-client.ts";
 import { ROUTE_SUBCOMMANDS } from "./routes-command.ts";
-import type { OptionSpec, Printer, Subcommand } from "./subcommand.ts";
+import { SLEEP_SUBCOMMANDS } from "./sleep-command.ts";
+import type { ApiName, OptionSpec, Printer, Subcommand } from "./subcommand.ts";
 import { routeApiTarget, UsageError, vmApiTarget } from "./targets.ts";
 import { VM_SUBCOMMANDS } from "./vms-command.ts";
 
@@ -22,12 +24,38 @@ export interface PeopleIo {
 
 type Env = Record<string, string | undefined>;
 
+/** One API the commands talk to: the flags that point at it, and where they lead. */
+interface Api {
+  /** For the group listing of a subcommand that calls another API than its group's. */
+  label: string;
+  options: Record<string, OptionSpec>;
+  target(env: Env, values: Record<string, unknown>): ApiTarget;
+}
+
+const APIS: Record<ApiName, Api> = {
+  route: {
+    label: "route API",
+    options: {
+      "api-url": { type: "string", help: "route API URL (default HATCH_PROXY_URL, else http://127.0.0.1:<HATCH_HTTP_ADDR port>)" },
+      "api-key": { type: "string", help: "route API key (default HATCH_PROXY_API_KEY, else <HATCH_DATA_DIR>/api-key)" },
+    },
+    target: (env, values) => routeApiTarget(env, values as Parameters<typeof routeApiTarget>[1]),
+  },
+  vm: {
+    label: "VM API",
+    options: {
+      "vm-api-url": { type: "string", help: "VM API URL (default HATCH_API_URL, else the simulator on HATCH_SIM_ADDR)" },
+      "vm-api-key": { type: "string", help: "VM API key (default HATCH_API_KEY)" },
+    },
+    target: (env, values) => vmApiTarget(env, values as Parameters<typeof vmApiTarget>[1]),
+  },
+};
+
 interface Group {
   title: string;
   subcommands: Subcommand<ApiTarget>[];
-  /** Options every subcommand of the group takes (where to send requests). */
-  targetOptions: Record<string, OptionSpec>;
-  target(env: Env, values: Record<string, unknown>): ApiTarget;
+  /** The API its subcommands call unless one says otherwise. */
+  api: ApiName;
 }
 
 const COMMON_OPTIONS: Record<string, OptionSpec> = {
@@ -39,22 +67,17 @@ const GROUPS: Record<PeopleCommand, Group> = {
   routes: {
     title: "Routes (the route API: --api-url/--api-key, or HATCH_PROXY_URL/HATCH_PROXY_API_KEY; default: the local npm start)",
     subcommands: ROUTE_SUBCOMMANDS,
-    targetOptions: {
-      "api-url": { type: "string", help: "route API URL (default HATCH_PROXY_URL, else http://127.0.0.1:<HATCH_HTTP_ADDR port>)" },
-      "api-key": { type: "string", help: "route API key (default HATCH_PROXY_API_KEY, else <HATCH_DATA_DIR>/api-key)" },
-    },
-    target: (env, values) => routeApiTarget(env, values as Parameters<typeof routeApiTarget>[1]),
+    api: "route",
   },
   vms: {
     title: "VMs (the simulator on HATCH_SIM_ADDR, or a real Hatch at HATCH_API_URL with HATCH_API_KEY)",
-    subcommands: VM_SUBCOMMANDS,
-    targetOptions: {
-      "vm-api-url": { type: "string", help: "VM API URL (default HATCH_API_URL, else the simulator on HATCH_SIM_ADDR)" },
-      "vm-api-key": { type: "string", help: "VM API key (default HATCH_API_KEY)" },
-    },
-    target: (env, values) => vmApiTarget(env, values as Parameters<typeof vmApiTarget>[1]),
+    subcommands: [...VM_SUBCOMMANDS, ...SLEEP_SUBCOMMANDS],
+    api: "vm",
   },
 };
+
+/** The API a subcommand calls: its own, else its group's. */
+const apiOf = (group: PeopleCommand, sub: Subcommand<ApiTarget>): Api => APIS[sub.api ?? GROUPS[group].api];
 
 function optionSynopsis(name: string, spec: OptionSpec): string {
   return spec.type === "string" ? `--${name} <value>` : `--${name}`;
@@ -62,11 +85,18 @@ function optionSynopsis(name: string, spec: OptionSpec): string {
 
 function groupUsage(group: PeopleCommand): string[] {
   const g = GROUPS[group];
-  return [`${g.title}:`, ...g.subcommands.map((s) => `  hatch-proxy ${s.synopsis}`)];
+  // A subcommand that calls another API than the group's says which (aligned among those).
+  const other = (s: Subcommand<ApiTarget>) => (s.api && s.api !== g.api ? APIS[s.api] : undefined);
+  const width = Math.max(0, ...g.subcommands.filter(other).map((s) => s.synopsis.length));
+  const line = (s: Subcommand<ApiTarget>) => {
+    const api = other(s);
+    return api ? `  hatch-proxy ${s.synopsis.padEnd(width)}  (${api.label})` : `  hatch-proxy ${s.synopsis}`;
+  };
+  return [`${g.title}:`, ...g.subcommands.map(line)];
 }
 
 function subcommandHelp(group: PeopleCommand, sub: Subcommand<ApiTarget>): string[] {
-  const options = { ...sub.options, ...GROUPS[group].targetOptions, ...COMMON_OPTIONS };
+  const options = { ...sub.options, ...apiOf(group, sub).options, ...COMMON_OPTIONS };
   const rows = Object.entries(options).map(([name, spec]) => [optionSynopsis(name, spec), spec.help] as const);
   const width = Math.max(...rows.map(([o]) => o.length));
   return [`usage: hatch-proxy ${sub.synopsis}`, "", sub.about, "", "options:", ...rows.map(([o, h]) => `  ${o.padEnd(width)}  ${h}`)];
@@ -106,7 +136,8 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     for (const line of subcommandHelp(group, sub)) io.out(line);
     return 0;
   }
-  const specs = { ...sub.options, ...g.targetOptions, ...COMMON_OPTIONS };
+  const api = apiOf(group, sub);
+  const specs = { ...sub.options, ...api.options, ...COMMON_OPTIONS };
   const usage = [`usage: hatch-proxy ${sub.synopsis}`, `(hatch-proxy ${group} ${sub.name} --help for the options)`];
   let values: Record<string, string | boolean | string[] | undefined>;
   let positionals: string[];
@@ -141,7 +172,7 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     { json },
   ) as Printer;
   try {
-    const target = g.target(env, values);
+    const target = api.target(env, values);
     await sub.run({ target, args: positionals, values, fetch: streams.fetch ?? fetch, print });
     return 0;
   } catch (err) {

@@ -1,6 +1,9 @@
 /** The shape of one `hatch-proxy <group> <subcommand>` and what it is given to run. */
 import type { ApiAnswer } from "./http-client.ts";
 
+/** The two APIs the CLI talks to: hatch-proxy's route API, and the VM platform's (simulator or Hatch). */
+export type ApiName = "route" | "vm";
+
 export interface OptionSpec {
   type: "string" | "boolean";
   multiple?: boolean;
@@ -30,5 +33,7 @@ export interface Subcommand<Target> {
   about: string;
   positionals: string[];
   options: Record<string, OptionSpec>;
+  /** The API it calls when not its group's (`vms sleep` and `vms activity`: the route API). */
+  api?: ApiName;
   run(ctx: SubcommandContext<Target>): Promise<void>;
 }

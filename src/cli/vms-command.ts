@@ -4,7 +4,7 @@ import { formatTable } from "./table.ts";
 import { UsageError } from "./targets.ts";
 import type { Subcommand, SubcommandContext } from "./subcommand.ts";
 
-interface VmJson {
+export interface VmJson {
   id: string;
   state: string;
   guest_ip?: string;
