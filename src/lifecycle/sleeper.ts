@@ -88,6 +88,11 @@ export class Sleeper {
     for (const reason of ["idle", "api"]) for (const outcome of ["done", "cancelled", "failed"]) this.sleeps.labels(reason, outcome).inc(0);
   }
 
+  /** The same protocol with other timing (tests stretch the drain to meet it with a request). */
+  withOptions(opts: SleeperOptions): Sleeper {
+    return new Sleeper(this.deps, { settleMs: this.settleMs, minDrainMs: this.minDrainMs, pollMs: this.pollMs, ...opts });
+  }
+
   /**
    * Runs the protocol for `vmId` and resolves with its outcome (never rejects). `idleForMs` is only
    * for the log line of an idle sleep.

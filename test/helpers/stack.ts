@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { testConfig, type Config } from "../../src/config.ts";
-import { silentLogger } from "../../src/log.ts";
+import { silentLogger, type Logger } from "../../src/log.ts";
 import { addEmbeddedProxy, startStack, type Stack } from "../../src/services.ts";
 import type { SleeperOptions } from "../../src/lifecycle/sleeper.ts";
 import { createSimulator, type Simulator } from "../../src/vms/simulator/index.ts";
@@ -68,8 +68,8 @@ export function stackConfig(ports: StackPorts, overrides: Partial<Config>): Conf
 }
 
 /** Starts the route API with the sidecar (`front: "traefik"`) or with the embedded proxy. */
-export async function startSleepStack(config: Config, front: "traefik" | "embedded", sleeperOptions?: SleeperOptions): Promise<Stack> {
-  const stack = await startStack(config, silentLogger, { api: true, wake: front === "traefik", ...(sleeperOptions && { sleeperOptions }) });
+export async function startSleepStack(config: Config, front: "traefik" | "embedded", sleeperOptions?: SleeperOptions, log: Logger = silentLogger): Promise<Stack> {
+  const stack = await startStack(config, log, { api: true, wake: front === "traefik", ...(sleeperOptions && { sleeperOptions }) });
   if (front === "embedded") await addEmbeddedProxy(stack);
   return stack;
 }
