@@ -33,7 +33,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
   };
 
   beforeAll(async () => {
-    simulator = await standaloneSimulator("127.0.62", 150);
+    simulator = await standaloneSimulator("127.0.72", 150);
     db = await stackDatabase("pglite");
     const log = createLogger("info", {}, (l) => lines.push(JSON.parse(l)));
     const config = stackConfig(await stackPorts(), { ...db.overrides, hatchApiUrl: simulator.url, idleTimeoutMs: 600_000, idleDrainTimeoutMs: 1500 });

@@ -25,7 +25,7 @@ describe.skipIf(!hasPostgres)("two replicas on one Postgres", () => {
   const idleDone = (s: Stack) => metric(s, /hatch_sleeps_total\{reason="idle",outcome="done"\} (\d+)/);
 
   beforeAll(async () => {
-    simulator = await standaloneSimulator("127.0.63", 150);
+    simulator = await standaloneSimulator("127.0.73", 150);
     db = await stackDatabase("postgres");
     for (let i = 0; i < 2; i++) {
       const config = stackConfig(await stackPorts(), {

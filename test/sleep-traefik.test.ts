@@ -37,7 +37,7 @@ describe.skipIf(!bin)(`sleep through a real Traefik, on ${kind}`, () => {
   const direct = (routeId: string) => traefik.routerStatus(routeId).then((s) => s === 200);
 
   beforeAll(async () => {
-    simulator = await standaloneSimulator("127.0.61", 200);
+    simulator = await standaloneSimulator("127.0.71", 200);
     db = await stackDatabase(kind);
     ports = await stackPorts();
     tports = await traefikPorts();
