@@ -273,6 +273,14 @@ function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames:
     }
   }
 
+  // Traefik's API and metrics: the api reads every Traefik there is, or idle sleep would miss the
+  // traffic Traefik sends straight to running VMs.
+  need(apiConfig.traefikApiUrls.length > 0, "api: HATCH_TRAEFIK_API_URLS is unset: Traefik's direct traffic would not count as activity");
+  for (const u of apiConfig.traefikApiUrls) need(reach(doc, api, u) === traefikName, `api: HATCH_TRAEFIK_API_URLS entry ${u} does not reach traefik's API entry point`);
+  const internal = entryPoint("traefik");
+  need(flags.get("metrics.prometheus.entrypoint") === "traefik" && flags.get("api.insecure") === "true", "traefik: metrics and the API must be served on the `traefik` entry point");
+  need(internal && apiConfig.traefikApiUrls.some((u) => Number(new URL(u).port) === internal.port), "api: HATCH_TRAEFIK_API_URLS does not name traefik's `traefik` entry point port");
+
   // The database: one URL, the postgres service's credentials.
   const pg = names.find((n) => String(services[n].image ?? "").startsWith("postgres:"));
   const urls = [api, wake, migrate].map((n) => envOf(services[n]).DATABASE_URL);
@@ -368,6 +376,8 @@ describe("compose.yaml agrees with the code", () => {
     ["the simulator in its own namespace", (d) => void delete svc(d, "sim").network_mode, "api: HATCH_API_URL http://sim:8090 does not reach the simulator"],
     ["the simulator on loopback only", setEnv("sim", "HATCH_SIM_ADDR", "127.0.0.1:8090"), "api: HATCH_API_URL http://sim:8090 does not reach the simulator"],
     ["a second published port", (d) => void (svc(d, "api").ports = ["8080:8080"]), "api: publishes ports (only traefik may)"],
+    ["no Traefik API URL on the api", setEnv("api", "HATCH_TRAEFIK_API_URLS", undefined), "api: HATCH_TRAEFIK_API_URLS is unset: Traefik's direct traffic would not count as activity"],
+    ["Traefik's API on loopback only", setFlag("entryPoints.traefik.address", "127.0.0.1:9092"), "api: HATCH_TRAEFIK_API_URLS entry http://traefik:9092 does not reach traefik's API entry point"],
     ["a published port that is not the entry point", (d) => void (svc(d, "traefik").ports = ["9090:9092"]), "traefik: publishes container port(s) 9092 but its public entry point listens on 9090"],
     ["routers on a missing entry point", setEnv("api", "HATCH_TRAEFIK_ENTRYPOINTS", "websecure"), 'traefik: has no entry point "websecure"'],
     ["a dependency on a missing service", (d) => void (svc(d, "api").depends_on.redis = { condition: "service_started" }), "api: depends on unknown service redis"],
@@ -592,9 +602,10 @@ describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose top
         ...(env.HATCH_WAKE_URL && { HATCH_WAKE_URL: `http://127.0.0.1:${ports.wake}` }),
         ...(env.HATCH_SIM_ADDR && { HATCH_SIM_ADDR: `127.0.0.1:${ports.sim}`, HATCH_SIM_IP_PREFIX: "127.0.95", HATCH_SIM_RESTORE_MS: "300" }),
         ...(env.HATCH_API_URL === "http://sim:8090" && { HATCH_API_URL: `http://127.0.0.1:${ports.sim}` }),
+        ...(env.HATCH_TRAEFIK_API_URLS && { HATCH_TRAEFIK_API_URLS: `http://127.0.0.1:${ports.internal}` }),
       };
       // Every compose address must have been moved: a leftover would dial a name that does not resolve here.
-      for (const [k, v] of Object.entries(moved)) expect(v ?? "", `${name} ${k}`).not.toMatch(/\b(api|sim|wake|postgres):\d/);
+      for (const [k, v] of Object.entries(moved)) expect(v ?? "", `${name} ${k}`).not.toMatch(/\b(api|sim|wake|postgres|traefik):\d/);
       return moved;
     };
     envs = { migrate: local("migrate"), api: local("api"), wake: local("wake"), sim: local("sim") };

@@ -68,6 +68,9 @@ interface InstanceState {
   /** Counters at the last successful read; undefined before the first (a baseline, not activity). */
   last: ServiceCounts | undefined;
   failing: boolean;
+  /** Failed reads in a row, and whether it ever answered (a Traefik still starting is not news). */
+  failures: number;
+  answered: boolean;
 }
 
 /** The configured Traefik instances; an empty list means nothing routes around the sidecar. */
@@ -86,7 +89,7 @@ export class TraefikFronts {
 
   /** Replaces the instances (the Traefik `npm start` runs failed, say, and nothing routes around the sidecar). */
   setUrls(urls: readonly string[]): void {
-    this.instances = urls.map((url) => ({ url: url.replace(/\/+$/, ""), last: undefined, failing: false }));
+    this.instances = urls.map((url) => ({ url: url.replace(/\/+$/, ""), last: undefined, failing: false, failures: 0, answered: false }));
   }
 
   /** True when at least one instance is configured. */
@@ -121,14 +124,19 @@ export class TraefikFronts {
           counts = parseServiceCounts(await res.text());
         } catch (err) {
           failed.push(inst.url);
-          if (!inst.failing) this.opts.log.warn("traefik metrics unreadable: its routes count as active until it answers", { traefik: inst.url, err });
-          inst.failing = true;
+          inst.failures += 1;
+          if (!inst.failing && (inst.answered || inst.failures >= 5)) {
+            this.opts.log.warn("traefik metrics unreadable: its routes count as active until it answers", { traefik: inst.url, err });
+            inst.failing = true;
+          }
           // Counters after an outage may have restarted: the next read is a new baseline.
           inst.last = undefined;
           return;
         }
         if (inst.failing) this.opts.log.info("traefik metrics readable again", { traefik: inst.url });
         inst.failing = false;
+        inst.failures = 0;
+        inst.answered = true;
         const before = inst.last;
         inst.last = counts;
         if (!before) return;
