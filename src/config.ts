@@ -150,6 +150,7 @@ export const ENV_VARS = {
   HATCH_IDLE_CHECK_INTERVAL: { default: "1m", schema: positiveDuration, doc: "How often the idle sweeper looks for idle VMs (one sweeper acts at a time across replicas)." },
   HATCH_IDLE_ACTION: { default: "snapshot", schema: v.picklist(["snapshot", "stop"], "one of snapshot, stop"), doc: "How an idle VM is put to sleep: `snapshot` (memory kept, fast restore) or `stop`." },
   HATCH_IDLE_DRAIN_TIMEOUT: { default: "30s", schema: positiveDuration, doc: "Longest wait for in-flight requests and open connections before a sleep; past it the sleep is cancelled, never forced." },
+  HATCH_IDLE_SSH_CONNTRACK: { default: "/proc/net/nf_conntrack", schema: nonEmpty, doc: "Connection-tracking table read for SSH sessions to VMs (an established connection to a VM's `ssh_port` keeps it awake, as in Hatch's own monitor); readable only in the Hatch host's network namespace." },
   HATCH_TRAEFIK_API_URLS: { default: undefined, schema: httpUrls, doc: "Comma-separated URLs of the Traefik instances' API/metrics entry point (e.g. `http://127.0.0.1:9092`): their direct-path traffic counts as activity, and a sleep waits until each has dropped the VM's routers. `npm start` sets its own." },
   HATCH_LOG_LEVEL: { default: "info", schema: logLevel, doc: "Log level: debug, info, warn, error or silent." },
   HATCH_PROXY_FRONT: { default: "auto", schema: v.picklist(["auto", "traefik", "embedded"], "one of auto, traefik, embedded"), doc: "What `npm start` serves HATCH_PROXY_ADDR with: `auto` (Traefik when a binary is found, else the embedded proxy), `traefik` (fail without one), `embedded`." },
@@ -189,6 +190,7 @@ export interface Config {
   idleCheckIntervalMs: number;
   idleAction: "snapshot" | "stop";
   idleDrainTimeoutMs: number;
+  idleSshConntrack: string;
   traefikApiUrls: string[];
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   proxyFront: "auto" | "traefik" | "embedded";
@@ -251,6 +253,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     idleCheckIntervalMs: get("HATCH_IDLE_CHECK_INTERVAL") as number,
     idleAction: get("HATCH_IDLE_ACTION") as Config["idleAction"],
     idleDrainTimeoutMs: get("HATCH_IDLE_DRAIN_TIMEOUT") as number,
+    idleSshConntrack: get("HATCH_IDLE_SSH_CONNTRACK") as string,
     traefikApiUrls: (out.HATCH_TRAEFIK_API_URLS as string[] | undefined) ?? [],
     logLevel: get("HATCH_LOG_LEVEL") as Config["logLevel"],
     proxyFront: get("HATCH_PROXY_FRONT") as Config["proxyFront"],

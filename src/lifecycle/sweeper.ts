@@ -12,6 +12,7 @@ import type { VmDirectory } from "../vms/platform.ts";
 import type { ActivityRecorder } from "./activity.ts";
 import type { FrontActivity } from "./front-activity.ts";
 import { STALE_MS } from "./runtime.ts";
+import { readEstablishedPorts } from "./ssh-sessions.ts";
 import type { Sleeper } from "./sleeper.ts";
 import type { SleepWatch } from "./sleep-watch.ts";
 
@@ -36,6 +37,7 @@ export class IdleSweeper {
   private readonly running = new Set<string>();
   private leader = false;
   private stopped = false;
+  private sshVisible: boolean | undefined;
   private readonly startedAt = Date.now();
 
   constructor(private readonly deps: SweeperDeps) {}
@@ -56,6 +58,18 @@ export class IdleSweeper {
     if (this.timer) clearInterval(this.timer);
     await this.ticking;
     if (this.leader) await releaseLease(this.deps.database, SWEEPER_LEASE, this.deps.activity.holder).catch(() => {});
+  }
+
+  /** Established SSH ports, or undefined when the conntrack table cannot be read (said once). */
+  private async sshPorts(): Promise<Set<number> | undefined> {
+    const ports = await readEstablishedPorts(this.deps.config.idleSshConntrack);
+    const visible = ports !== undefined;
+    if (visible !== this.sshVisible) {
+      if (visible) this.deps.log.info("idle sweeper: ssh sessions to VMs are seen", { conntrack: this.deps.config.idleSshConntrack });
+      else this.deps.log.info("idle sweeper: ssh sessions to VMs cannot be seen here; a VM used only over ssh may be put to sleep", { conntrack: this.deps.config.idleSshConntrack });
+      this.sshVisible = visible;
+    }
+    return ports;
   }
 
   /** True while this process holds the sweeper lease. */
@@ -84,11 +98,18 @@ export class IdleSweeper {
     await activity.flush();
     if (Math.random() < 0.1) await pruneConnections(database, 10 * STALE_MS).catch(() => 0);
     const facts = await listIdleFacts(database, STALE_MS);
-    for (const f of facts) {
+    const due = facts.filter((f) => directory.peek(f.vmId)?.state === "running" && f.openConnections === 0 && f.idleMs >= config.idleTimeoutMs);
+    const ssh = due.length ? await this.sshPorts() : undefined;
+    for (const f of due) {
       if (this.stopped || this.running.size >= CONCURRENT_SLEEPS) break;
       if (this.running.has(f.vmId) || sleeps.get(f.vmId)) continue;
-      if (directory.peek(f.vmId)?.state !== "running") continue;
-      if (f.openConnections > 0 || f.idleMs < config.idleTimeoutMs) continue;
+      const sshPort = directory.peek(f.vmId)?.ssh_port;
+      if (ssh && typeof sshPort === "number" && sshPort > 0 && ssh.has(sshPort)) {
+        // Someone is logged in: in use, though no request reached it.
+        activity.touch(f.vmId);
+        log.debug("idle vm kept up: ssh session open", { vm: f.vmId, ssh_port: sshPort });
+        continue;
+      }
       this.running.add(f.vmId);
       void sleeper
         .sleep(f.vmId, "idle", { idleForMs: f.idleMs })

@@ -1,0 +1,73 @@
+/**
+ * The idle sweeper's own rules on the embedded front: an SSH session keeps a VM up (as in Hatch's
+ * monitor), a VM woken by someone else starts a fresh idle clock, HATCH_IDLE_ACTION=stop stops.
+ */
+import { writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { establishedPorts } from "../src/lifecycle/ssh-sessions.ts";
+import type { Stack } from "../src/services.ts";
+import { addRouteVia, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
+
+const conntrackLine = (dport: number, state = "ESTABLISHED") =>
+  `ipv4     2 tcp      6 431999 ${state} src=10.0.0.9 dst=10.0.0.1 sport=51000 dport=${dport} src=172.16.0.2 dst=10.0.0.9 sport=22 dport=51000 [ASSURED] mark=0 zone=0 use=2`;
+
+describe("ssh sessions in a conntrack table", () => {
+  it("lists destination ports of established connections only", () => {
+    const text = [conntrackLine(20001), conntrackLine(20002, "TIME_WAIT"), "udp      17 29 src=1.1.1.1 dst=2.2.2.2 sport=53 dport=5353", ""].join("\n");
+    expect(establishedPorts(text)).toEqual(new Set([20001, 51000]));
+  });
+});
+
+describe("idle sweeper rules (embedded, pglite)", () => {
+  let simulator: Awaited<ReturnType<typeof standaloneSimulator>>;
+  let db: Awaited<ReturnType<typeof stackDatabase>>;
+  let stack: Stack;
+  let dir: string;
+  const conntrack = () => join(dir, "nf_conntrack");
+  const sim = () => simulator.sim;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hatch-conntrack-"));
+    writeFileSync(conntrack(), "");
+    simulator = await standaloneSimulator("127.0.74", 100);
+    db = await stackDatabase("pglite");
+    const config = stackConfig(await stackPorts(), {
+      ...db.overrides,
+      hatchApiUrl: simulator.url,
+      idleTimeoutMs: 1200,
+      idleCheckIntervalMs: 300,
+      idleAction: "stop",
+      idleSshConntrack: conntrack(),
+    });
+    stack = await startSleepStack(config, "embedded");
+  });
+  afterAll(async () => {
+    await stack?.close();
+    await simulator?.close();
+    await db?.drop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("keeps a VM with an SSH session up, and stops it (HATCH_IDLE_ACTION=stop) once the session ends", async () => {
+    const vm = await sim().createVm();
+    writeFileSync(conntrack(), conntrackLine(vm.ssh_port) + "\n");
+    await addRouteVia(stack, vm.id, "ssh-user");
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(sim().getVm(vm.id)!.state).toBe("running");
+    writeFileSync(conntrack(), conntrackLine(vm.ssh_port, "TIME_WAIT") + "\n");
+    await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped", 5000);
+  });
+
+  it("a VM woken outside hatch-proxy starts a fresh idle clock", async () => {
+    const vm = await sim().createVm();
+    await addRouteVia(stack, vm.id, "woken-elsewhere");
+    await until(() => sim().getVm(vm.id)!.state === "stopped", "the idle VM to be stopped", 5000);
+    // Hours idle by its last activity; started by hand, it must get a whole timeout again.
+    await sim().start(vm.id);
+    const started = Date.now();
+    await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped again", 6000);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1200 - 100);
+  });
+});
