@@ -67,6 +67,9 @@ function checkWalkthroughOutput(out: string) {
   // What README says each step prints.
   expect(out).toMatch(/"subdomain":"myapp"/);
   expect(out).toMatch(/"target_port":8080/);
+  const activity = out.split("\n").find((l) => l.includes('"idle_timeout_s"'));
+  expect(JSON.parse(activity!)).toMatchObject({ state: "running", open_connections: 0, idle_timeout_s: 600, sleep: null });
+  expect(out).toMatch(/"state":"snapshotted"/);
   const echo = out.split("\n").find((l) => l.includes('"path":"/hello"'));
   expect(echo, `no echo of /hello in:\n${out}`).toBeDefined();
   expect(JSON.parse(echo!)).toMatchObject({ method: "GET", path: "/hello", port: 8080 });
