@@ -177,7 +177,11 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
       stack.configService = configService;
       const sleepLog = log.child({ component: "sleep" });
       const fronts = new TraefikFronts({ urls: config.traefikApiUrls, timeoutMs: 2000, log: sleepLog });
-      const sleeper = new Sleeper({ config, database, platform, directory, activity: runtime.activity, fronts, log: sleepLog }, parts.sleeperOptions);
+      let polledAt: number | undefined;
+      const sleeper = new Sleeper(
+        { config, database, platform, directory, activity: runtime.activity, fronts, log: sleepLog, polledAt: () => polledAt },
+        parts.sleeperOptions,
+      );
       const front = new FrontActivity({
         fronts,
         directory,
@@ -203,7 +207,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         directory,
         auth,
         log: log.child({ component: "api" }),
-        mounts: { "/traefik": traefikEndpoint(configService, { config, log }) },
+        mounts: { "/traefik": traefikEndpoint(configService, { config, log, onPoll: () => (polledAt = Date.now()) }) },
         // Metrics of this process's proxy: the sidecar, or the embedded proxy (which `start` may add
         // after the API, when Traefik is missing or fails). One of them runs, never both.
         registries: () => [...[stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])), sleeper.registry],
@@ -217,6 +221,8 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
       });
       stack.api = await listenHono(app.fetch, config.httpAddr);
       closers.push(() => stack.api!.close());
+      // First at shutdown: drains under way are cancelled rather than waited out.
+      closers.push(async () => sleeper.close());
     }
     return stack;
   } catch (err) {

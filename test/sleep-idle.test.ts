@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { establishedPorts } from "../src/lifecycle/ssh-sessions.ts";
 import type { Stack } from "../src/services.ts";
-import { addRouteVia, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
+import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
 
 const conntrackLine = (dport: number, state = "ESTABLISHED") =>
   `ipv4     2 tcp      6 431999 ${state} src=10.0.0.9 dst=10.0.0.1 sport=51000 dport=${dport} src=172.16.0.2 dst=10.0.0.9 sport=22 dport=51000 [ASSURED] mark=0 zone=0 use=2`;
@@ -69,5 +69,18 @@ describe("idle sweeper rules (embedded, pglite)", () => {
     const started = Date.now();
     await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped again", 6000);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1200 - 100);
+  });
+
+  it("refuses to sleep anything while a Traefik polls the config but HATCH_TRAEFIK_API_URLS is unset (its direct traffic would be cut)", async () => {
+    // Last in this file: the refusal lasts a minute after the last poll.
+    expect((await fetch(`${stack.api!.url}/traefik/config`)).status).toBe(200);
+    const vm = await sim().createVm();
+    await addRouteVia(stack, vm.id, "unconfirmable");
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(sim().getVm(vm.id)!.state).toBe("running");
+    const r = await api(stack, "POST", `/vms/${vm.id}/sleep`);
+    expect(r.status).toBe(503);
+    expect(r.json).toMatchObject({ code: "sleep_unconfirmable", error: expect.stringMatching(/^cannot put the vm to sleep safely: a Traefik polls this API's \/traefik\/config but HATCH_TRAEFIK_API_URLS is unset/) });
+    expect(sim().getVm(vm.id)!.state).toBe("running");
   });
 });

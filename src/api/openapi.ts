@@ -119,7 +119,7 @@ export function buildOpenApiDocument(config: Config) {
             "Runs the zero-loss sleep the idle sweeper runs: the VM's routers leave Traefik, the work in flight finishes " +
             "(up to HATCH_IDLE_DRAIN_TIMEOUT), then the VM is snapshotted or stopped; the answer comes once it sleeps. " +
             "A request arriving meanwhile is held and wakes the VM afterwards. The body is optional (none, or `{}`: HATCH_IDLE_ACTION). " +
-            "Error answers also carry a `code` (not_running, sleep_in_progress, sleep_cancelled, sleep_failed, platform_unavailable).",
+            "Error answers also carry a `code` (not_running, sleep_in_progress, sleep_cancelled, sleep_failed, platform_unavailable, sleep_unconfirmable).",
           parameters: [vmIdParam],
           requestBody: { required: false, content: { "application/json": { schema: { $ref: "#/components/schemas/SleepRequest" } } } },
           responses: {
@@ -138,7 +138,11 @@ export function buildOpenApiDocument(config: Config) {
             "413": err("Body over 64 KiB.", "request body too large (limit 64 KiB)"),
             "415": err("Content-Type other than JSON.", 'unsupported content type "text/plain": send application/json'),
             "502": err("The VM platform refused or failed the snapshot/stop; the VM's routers are back.", "the VM platform did not put the vm to sleep: failed to snapshot vm: answered 500"),
-            "503": unavailable,
+            "503": errs("The VM platform or the database is unreachable, or no sleep can be made safely (a Traefik polls this API but HATCH_TRAEFIK_API_URLS is unset); retry.", {
+              platform_unavailable: "VM platform unavailable: try again shortly",
+              sleep_unconfirmable:
+                "cannot put the vm to sleep safely: a Traefik polls this API's /traefik/config but HATCH_TRAEFIK_API_URLS is unset: nothing can confirm it stopped routing to the vm",
+            }),
           },
         },
       },

@@ -73,6 +73,8 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
         throw new AppError(409, `a sleep of this vm is already under way (${r.sleep.reason}, ${r.sleep.phase} since ${isoSeconds(r.sleep.startedAt)})`, { code: "sleep_in_progress" });
       case "cancelled":
         throw new AppError(409, `sleep cancelled: ${r.why}`, { code: "sleep_cancelled" });
+      case "refused":
+        throw new AppError(503, `cannot put the vm to sleep safely: ${r.why}`, { code: "sleep_unconfirmable", headers: { "Retry-After": "5" } });
       case "failed":
         if (r.unavailable) throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", headers: { "Retry-After": "1" } });
         throw new AppError(502, `the VM platform did not put the vm to sleep: ${r.why}`, { code: "sleep_failed" });

@@ -34,6 +34,8 @@ export type SleepResult =
   | { outcome: "cancelled"; why: string; drainMs: number }
   | { outcome: "failed"; why: string; drainMs: number; unavailable: boolean }
   | { outcome: "busy"; sleep: VmSleepRow }
+  /** Not started: it could not be done without risk (why says what to fix). */
+  | { outcome: "refused"; why: string }
   | { outcome: "not_running"; vm: Vm | undefined };
 
 export interface SleeperDeps {
@@ -45,6 +47,8 @@ export interface SleeperDeps {
   activity: ActivityRecorder;
   fronts: TraefikFronts;
   log: Logger;
+  /** When a Traefik last polled this process's /traefik/config (undefined: never). */
+  polledAt?: (() => number | undefined) | undefined;
 }
 
 export interface SleeperOptions {
@@ -64,6 +68,7 @@ export class Sleeper {
   private readonly settleMs: number;
   private readonly minDrainMs: number;
   private readonly pollMs: number;
+  private closing = false;
 
   constructor(
     private readonly deps: SleeperDeps,
@@ -88,6 +93,26 @@ export class Sleeper {
     for (const reason of ["idle", "api"]) for (const outcome of ["done", "cancelled", "failed"]) this.sleeps.labels(reason, outcome).inc(0);
   }
 
+  /**
+   * Why no sleep can be made safely now, or undefined. A Traefik follows this API (it polls the
+   * config) but none is listed in HATCH_TRAEFIK_API_URLS: nothing could confirm it stopped sending
+   * requests straight to the VM, and the snapshot would cut them.
+   */
+  unconfirmable(): string | undefined {
+    if (this.closing) return "hatch-proxy is stopping";
+    if (this.deps.fronts.configured) return undefined;
+    const polled = this.deps.polledAt?.();
+    if (polled !== undefined && Date.now() - polled < 60_000) {
+      return "a Traefik polls this API's /traefik/config but HATCH_TRAEFIK_API_URLS is unset: nothing can confirm it stopped routing to the vm";
+    }
+    return undefined;
+  }
+
+  /** Stops starting sleeps; drains under way are cancelled (their routers come back). */
+  close(): void {
+    this.closing = true;
+  }
+
   /** The same protocol with other timing (tests stretch the drain to meet it with a request). */
   withOptions(opts: SleeperOptions): Sleeper {
     return new Sleeper(this.deps, { settleMs: this.settleMs, minDrainMs: this.minDrainMs, pollMs: this.pollMs, ...opts });
@@ -100,6 +125,8 @@ export class Sleeper {
   async sleep(vmId: string, reason: SleepReason, opts: { action?: SleepAction; idleForMs?: number } = {}): Promise<SleepResult> {
     const { config, database, directory, activity, log } = this.deps;
     const action = opts.action ?? config.idleAction;
+    const refused = this.unconfirmable();
+    if (refused) return { outcome: "refused", why: refused };
     let live: Vm | undefined;
     try {
       live = await directory.refreshOne(vmId);
@@ -154,6 +181,7 @@ export class Sleeper {
       const row = await getSleep(database, vmId);
       if (!row || row.holder !== holder) return { outcome: "cancelled", why: "the sleep was taken over by another process", drainMs: elapsed() };
       if (row.cancelledAt) return { outcome: "cancelled", why: row.cancelReason === "request" ? "a request arrived" : (row.cancelReason ?? "cancelled"), drainMs: elapsed() };
+      if (this.closing) return cancel("hatch-proxy is stopping");
       if (Date.now() >= deadline) return cancel(`drain did not finish within ${formatDuration(config.idleDrainTimeoutMs)} (HATCH_IDLE_DRAIN_TIMEOUT): ${waitingOn}`);
 
       if (confirmedAt === undefined) {

@@ -38,6 +38,8 @@ export class IdleSweeper {
   private leader = false;
   private stopped = false;
   private sshVisible: boolean | undefined;
+  private paused: string | undefined;
+  private readonly sleeping = new Set<Promise<unknown>>();
   private readonly startedAt = Date.now();
 
   constructor(private readonly deps: SweeperDeps) {}
@@ -57,6 +59,8 @@ export class IdleSweeper {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     await this.ticking;
+    // The sleeper was closed first: drains under way end at their next look, snapshots finish.
+    await Promise.allSettled([...this.sleeping]);
     if (this.leader) await releaseLease(this.deps.database, SWEEPER_LEASE, this.deps.activity.holder).catch(() => {});
   }
 
@@ -95,6 +99,13 @@ export class IdleSweeper {
     // Until this process has seen a full interval of every source, an old "last activity" could
     // make a busy VM look idle (a restart, say): wait for a fresh view first.
     if (!front.warm || Date.now() - this.startedAt < config.idleCheckIntervalMs) return;
+    const unsafe = sleeper.unconfirmable();
+    if (unsafe !== this.paused) {
+      if (unsafe) log.warn("idle sleep paused", { why: unsafe });
+      else if (this.paused) log.info("idle sleep resumed");
+      this.paused = unsafe;
+    }
+    if (unsafe) return;
     await activity.flush();
     if (Math.random() < 0.1) await pruneConnections(database, 10 * STALE_MS).catch(() => 0);
     const facts = await listIdleFacts(database, STALE_MS);
@@ -111,9 +122,11 @@ export class IdleSweeper {
         continue;
       }
       this.running.add(f.vmId);
-      void sleeper
-        .sleep(f.vmId, "idle", { idleForMs: f.idleMs })
-        .finally(() => this.running.delete(f.vmId));
+      const p = sleeper.sleep(f.vmId, "idle", { idleForMs: f.idleMs }).finally(() => {
+        this.running.delete(f.vmId);
+        this.sleeping.delete(p);
+      });
+      this.sleeping.add(p);
     }
   }
 }

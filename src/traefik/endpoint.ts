@@ -19,6 +19,8 @@ export interface TraefikEndpointDeps {
    * a missing address must never open the endpoint. Tests inject their own.
    */
   clientAddress?: (c: Context) => string | undefined;
+  /** Called for every poll answered with the config (200 or 304): a Traefik follows this API. */
+  onPoll?: () => void;
 }
 
 /** The socket peer address from @hono/node-server, or undefined when the request has no socket. */
@@ -108,6 +110,7 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
       return c.json({ error: `traefik config not built yet: ${service.notReadyReason()}` }, 503);
     }
     const etag = format === "json" ? snap.etag : snap.yamlEtag;
+    if (format === "json") deps.onPoll?.();
     if (matchesIfNoneMatch(header(c, "if-none-match"), etag)) {
       return new Response(null, { status: 304, headers: { etag, "cache-control": "private, no-cache" } });
     }
