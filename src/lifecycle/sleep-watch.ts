@@ -112,7 +112,7 @@ export class SleepWatch {
     if (this.stopped) return;
     const next = new Map(list.map((r) => [r.vmId, r]));
     const ended = [...this.rows.keys()].filter((id) => !next.has(id));
-    let changed = ended.length > 0 || list.some((r) => !same(this.rows.get(r.vmId), r));
+    const changed = ended.length > 0 || list.some((r) => !same(this.rows.get(r.vmId), r));
     for (const r of list) this.rows.set(r.vmId, r);
     for (const id of ended) await this.end(id);
     if (changed) this.fire(undefined);

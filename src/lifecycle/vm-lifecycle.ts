@@ -56,9 +56,6 @@ export type WaitOutcome =
   | { kind: "page" }
   | { kind: "full" };
 
-/** Where a VM is in its life, as this process sees it. */
-export type Phase = "running" | "draining" | "sleeping" | "asleep" | "waking" | "other";
-
 export class VmLifecycle {
   private readonly holds: HoldCounter;
   private readonly wakes = new SingleFlight<Woken>();
@@ -150,16 +147,6 @@ export class VmLifecycle {
   /** Counts one open request or connection to `vmId` (activity for as long as it lasts). */
   track(vmId: string): () => void {
     return this.deps.activity.hold(vmId);
-  }
-
-  /** Where `vmId` is in its life, for status answers. */
-  phase(vmId: string, vm: Vm | undefined): Phase {
-    const sleep = this.deps.sleeps.get(vmId);
-    if (sleep) return sleep.phase as Phase;
-    if (this.wakes.has(vmId) || vm?.state === "starting") return "waking";
-    if (vm?.state === "running") return "running";
-    if (vm && SLEEPING_STATES.includes(vm.state)) return "asleep";
-    return "other";
   }
 
   /**
