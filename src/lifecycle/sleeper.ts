@@ -172,6 +172,7 @@ export class Sleeper {
       return { outcome: "cancelled", why, drainMs: elapsed() };
     };
 
+    const begunAt = Date.now();
     const routes = await listRoutesByVm(database, vmId);
     const routers = routes.flatMap((r) => routeRouterNames(r.id));
     const services = routes.map((r) => routeObjectName(r.id));
@@ -195,6 +196,8 @@ export class Sleeper {
           const scrape = await fronts.scrape();
           if (scrape.failed.length) quietSince = Date.now();
           for (const s of services) quietSince = Math.max(quietSince, fronts.lastChangeOf(s) ?? 0);
+          // A request that ended on the direct path after the decision: the VM was not idle.
+          if (reason === "idle" && services.some((s) => (fronts.lastChangeOf(s) ?? 0) > begunAt)) return cancel("a request reached it through Traefik");
         }
         await activity.flush();
         const open = await openConnections(database, vmId, STALE_MS);
