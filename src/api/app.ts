@@ -3,11 +3,13 @@ import { HTTPException } from "hono/http-exception";
 import { Counter, Histogram, Registry } from "prom-client";
 import type { Config } from "../config.ts";
 import type { Database } from "../db/client.ts";
+import { DatabaseNotMigratedError, databaseUnavailable } from "../db/errors.ts";
 import { AppError } from "../errors.ts";
 import { randomAlnum } from "../ids.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
 import type { Authenticator, Principal } from "./auth.ts";
+import { CLIENT_CLOSED } from "./body.ts";
 import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
@@ -116,21 +118,15 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   return app;
 }
 
-/** Postgres/driver errors that mean "the database is unreachable", not "this request is wrong". */
-function isDatabaseUnavailable(err: unknown): boolean {
-  for (let e: any = err; e; e = e.cause) {
-    if (["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED", "CONNECT_TIMEOUT", "57P01", "57P03", "53300"].includes(e.code)) return true;
-    if (typeof e.message === "string" && /PGlite is closed/i.test(e.message)) return true;
-  }
-  return false;
-}
-
 /** The one JSON error shape. Internal details go to the log only. */
 export function errorResponse(err: unknown, c: Context<ApiEnv>) {
   const requestId = c.get("requestId");
   const log = c.get("log");
   if (err instanceof AppError) {
-    if (err.status >= 500) log?.warn("request failed", { status: err.status, error: err.message, cause: err.extra.cause });
+    if (err.status === CLIENT_CLOSED) {
+      // The client left mid-request: nobody reads this answer, and it is no fault of ours.
+      log?.info("client closed the connection", { reason: err.message });
+    } else if (err.status >= 500) log?.warn("request failed", { status: err.status, error: err.message, cause: err.extra.cause });
     const body: Record<string, unknown> = { error: err.message, request_id: requestId };
     if (err.extra.code) body.code = err.extra.code;
     return c.json(body, err.status as 400, err.extra.headers);
@@ -138,9 +134,14 @@ export function errorResponse(err: unknown, c: Context<ApiEnv>) {
   if (err instanceof HTTPException) {
     return c.json({ error: err.message || "bad request", request_id: requestId }, err.status);
   }
-  if (isDatabaseUnavailable(err)) {
-    log?.error("database unavailable", { error: err });
-    return c.json({ error: "database unavailable: try again shortly", code: "database_unavailable", request_id: requestId }, 503, { "Retry-After": "1" });
+  const down = databaseUnavailable(err);
+  if (down) {
+    log?.error("database unavailable", { cause: down.cause, code: down.code, error: err });
+    const body =
+      err instanceof DatabaseNotMigratedError
+        ? { error: `database not ready (${err.message}): try again shortly`, code: "database_not_migrated" }
+        : { error: "database unavailable: try again shortly", code: "database_unavailable" };
+    return c.json({ ...body, request_id: requestId }, 503, { "Retry-After": "1" });
   }
   log?.error("unhandled error", { error: err, stack: (err as Error)?.stack });
   return c.json({ error: "internal error", request_id: requestId }, 500);

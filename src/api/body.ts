@@ -18,14 +18,14 @@ export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<un
   if (declared > limit) throw tooLarge(limit);
   // With a declared length (the usual case) the whole body is read at once: the Node adapter then
   // skips building a web stream. Only a chunked body is counted as it arrives.
-  if (Number.isInteger(declared) && declared >= 0) return parseJson(Buffer.from(await c.req.arrayBuffer()).toString("utf8"));
+  if (Number.isInteger(declared) && declared >= 0) return parseJson(Buffer.from(await clientRead(c.req.arrayBuffer())).toString("utf8"));
   const stream = c.req.raw.body;
   if (!stream) throw new AppError(400, "request body is empty: send a JSON object");
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = stream.getReader();
   for (;;) {
-    const { done, value } = await reader.read();
+    const { done, value } = await clientRead(reader.read());
     if (done) break;
     size += value.byteLength;
     if (size > limit) {
@@ -43,6 +43,22 @@ function parseJson(text: string): unknown {
     return JSON.parse(text);
   } catch (err) {
     throw new AppError(400, `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** nginx's status for "the client closed the request"; it only reaches metrics and the log. */
+export const CLIENT_CLOSED = 499;
+
+/**
+ * A body read can only fail because the client's connection did (it closed before sending what it
+ * announced): that is the client leaving, not a fault of ours or of the database, and the Node
+ * adapter reports it with the same ECONNRESET a database connection would.
+ */
+async function clientRead<T>(read: Promise<T>): Promise<T> {
+  try {
+    return await read;
+  } catch (err) {
+    throw new AppError(CLIENT_CLOSED, "client closed the connection before sending the whole body", { code: "client_closed_request", cause: err });
   }
 }
 
