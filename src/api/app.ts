@@ -31,6 +31,8 @@ export interface ApiDeps {
   registries?: Registry[] | (() => Registry[]);
   /** Extra readiness checks for /readyz (e.g. "traefik config built"). */
   readiness?: ReadinessCheck[];
+  /** How long each /readyz check may take (default READINESS_TIMEOUT_MS). */
+  readinessTimeoutMs?: number;
   /** The sleep protocol: with it, POST /vms/{id}/sleep and GET /vms/{id}/activity are served. */
   sleep?: SleepDeps | undefined;
 }

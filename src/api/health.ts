@@ -1,9 +1,8 @@
 import type { Hono } from "hono";
 import { Registry } from "prom-client";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { sql } from "drizzle-orm";
-import { MIGRATIONS_DIR, queryRows } from "../db/client.ts";
+import { formatDuration } from "../config.ts";
+import { databaseUnavailable } from "../db/errors.ts";
+import { appliedMigrations, expectedMigrations } from "../db/migrations.ts";
 import type { ApiDeps, ApiEnv } from "./app.ts";
 
 /** A named readiness probe: resolves to undefined when fine, or a short reason when not. */
@@ -12,53 +11,70 @@ export interface ReadinessCheck {
   check(): Promise<string | undefined>;
 }
 
-const withTimeout = <T>(p: Promise<T>, ms: number, what: string) =>
-  Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms).unref())]);
+/** How long each readiness check may take before /readyz calls it failed (checks run in parallel). */
+export const READINESS_TIMEOUT_MS = 2000;
+
+class CheckTimeout extends Error {}
+
+/** `p`, or a CheckTimeout after `ms` (the check itself is left to finish on its own). */
+function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CheckTimeout()), ms);
+  });
+  p.catch(() => {});
+  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+}
 
 /** /healthz (process up), /readyz (database, migrations, platform, extras) and /metrics. Open, no auth. */
 export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, registries: () => Registry[]): void {
-  const expectedMigrations = (JSON.parse(readFileSync(join(MIGRATIONS_DIR, "meta/_journal.json"), "utf8")).entries as unknown[]).length;
+  const timeoutMs = deps.readinessTimeoutMs ?? READINESS_TIMEOUT_MS;
   const checks: ReadinessCheck[] = [
     {
       name: "database",
       async check() {
-        await withTimeout(deps.database.ping(), 2000, "database");
+        await deps.database.ping();
         return undefined;
       },
     },
     {
       name: "migrations",
       async check() {
-        const rows = await queryRows<{ n: number }>(deps.database, sql`select count(*)::int as n from drizzle.__drizzle_migrations`);
-        const n = Number(rows[0]?.n ?? 0);
-        return n >= expectedMigrations ? undefined : `${n} of ${expectedMigrations} migrations applied`;
+        const n = await appliedMigrations(deps.database);
+        const want = expectedMigrations();
+        return n >= want ? undefined : `${n} of ${want} migrations applied`;
       },
     },
     {
       name: "vm_platform",
       async check() {
-        await withTimeout(deps.platform.list(), 3000, "VM platform");
+        await deps.platform.list();
         return undefined;
       },
     },
     ...(deps.readiness ?? []),
   ];
 
+  /** The check's verdict in public words: a timeout and a database outage say what happened, other errors only that they failed. */
+  async function verdict(ch: ReadinessCheck): Promise<string> {
+    try {
+      return (await bounded(ch.check(), timeoutMs)) ?? "ok";
+    } catch (err) {
+      if (err instanceof CheckTimeout) {
+        deps.log.warn("readiness check failed", { check: ch.name, error: `no answer within ${timeoutMs} ms` });
+        return `failed: no answer within ${formatDuration(timeoutMs)}`;
+      }
+      const down = databaseUnavailable(err);
+      deps.log.warn("readiness check failed", { check: ch.name, cause: down?.cause, error: err });
+      // Our own words for the cause (no driver message: this endpoint is open).
+      return down ? `failed: database unavailable (${down.cause})` : "failed (see the log)";
+    }
+  }
+
   app.get("/healthz", (c) => c.json({ status: "ok" }));
   app.get("/readyz", async (c) => {
-    const results: Record<string, string> = {};
-    await Promise.all(
-      checks.map(async (ch) => {
-        try {
-          results[ch.name] = (await ch.check()) ?? "ok";
-        } catch (err) {
-          // Driver messages stay in the log; the answer names only what failed.
-          deps.log.warn("readiness check failed", { check: ch.name, error: err });
-          const msg = (err as Error).message;
-          results[ch.name] = msg.includes("did not answer within") ? `failed: ${msg}` : "failed (see the log)";
-        }
-      }),
-    );
+    const verdicts = await Promise.all(checks.map(verdict));
+    const results = Object.fromEntries(checks.map((ch, i) => [ch.name, verdicts[i]!]));
     const failed = Object.entries(results).filter(([, r]) => r !== "ok");
     if (failed.length) return c.json({ error: `not ready: ${failed.map(([n]) => n).join(", ")}`, checks: results }, 503);
     return c.json({ status: "ready", checks: results });

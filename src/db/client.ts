@@ -4,6 +4,9 @@ import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import type { Options, Sql } from "postgres";
+import { guardedQuery, watchedDialer, withDeadline } from "./deadline.ts";
+import { DatabaseTimeoutError } from "./errors.ts";
 import * as schema from "./schema.ts";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
@@ -58,7 +61,19 @@ export interface OpenOptions {
   dataDir?: string | undefined;
   /** Connection pool size for Postgres. */
   max?: number;
+  /** Postgres: longest wait for a connection to be established and authenticated (default 5 s). */
+  connectTimeoutMs?: number;
+  /**
+   * Postgres: the server's statement_timeout; a query (or a connection that went silent) gets no
+   * more than this plus a second before it fails (default 5 s).
+   */
+  queryTimeoutMs?: number;
 }
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+export const DEFAULT_QUERY_TIMEOUT_MS = 5000;
+/** Room for the server's own statement_timeout error to arrive before the client gives up. */
+const DEADLINE_MARGIN_MS = 1000;
 
 /** The database a process is configured for: Postgres with DATABASE_URL, else PGlite in `<data dir>/pglite`. */
 export function openConfiguredDatabase(config: { databaseUrl: string | undefined; dataDir: string }): Promise<Database> {
@@ -67,18 +82,53 @@ export function openConfiguredDatabase(config: { databaseUrl: string | undefined
 
 /** Opens the database and applies pending migrations. */
 export async function openDatabase(opts: OpenOptions): Promise<Database> {
-  const database = opts.url ? await openPostgres(opts.url, opts.max ?? 10) : await openPglite(opts.dataDir);
+  const database = opts.url ? await openPostgres(opts.url, opts) : await openPglite(opts.dataDir);
   return database;
 }
 
-async function openPostgres(url: string, max: number): Promise<Database> {
+/** The postgres.js client as drizzle sees it: every statement under the deadline, reads retried once. */
+function guardedClient(client: Sql, deadlineMs: number, onStale: () => void): Sql {
+  return new Proxy(client, {
+    get(target, prop, receiver) {
+      if (prop !== "unsafe") return Reflect.get(target, prop, receiver);
+      return (query: string, params?: any[], options?: any) => {
+        // postgres.js queries run when awaited; so do these (drizzle awaits them, or their values()).
+        const run = (values: boolean) => () => {
+          const q = target.unsafe(query, params, options);
+          return values ? q.values() : q;
+        };
+        const lazy = (values: boolean) => ({
+          then: (ok?: (v: any) => unknown, ko?: (e: unknown) => unknown) => guardedQuery(run(values), query, deadlineMs, onStale).then(ok, ko),
+        });
+        return Object.assign(lazy(false), { values: () => lazy(true) });
+      };
+    },
+  });
+}
+
+async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
   const { default: postgres } = await import("postgres");
   const { drizzle } = await import("drizzle-orm/postgres-js");
   const { migrate } = await import("drizzle-orm/postgres-js/migrator");
-  const client = postgres(url, { max, onnotice: () => {}, connect_timeout: 10, idle_timeout: 60 });
+  const connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  const queryTimeoutMs = opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS;
+  const deadlineMs = queryTimeoutMs + DEADLINE_MARGIN_MS;
+  const dialer = watchedDialer(deadlineMs);
+  const onStale = () => void dialer.recycleIdle();
+  const client = postgres(url, {
+    max: opts.max ?? 10,
+    onnotice: () => {},
+    connect_timeout: connectTimeoutMs / 1000,
+    idle_timeout: 60,
+    // The driver's default backoff grows to 20 s between reconnects during an outage, so the first
+    // requests after the database is back would still fail; a second is enough to spare it.
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
+    connection: { statement_timeout: queryTimeoutMs },
+    socket: dialer.dial,
+  } as Options<{}>);
   // Migrations run on a single connection that holds a session advisory lock, so replicas starting
-  // together apply them once.
-  const migrator = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  // together apply them once. No statement timeout: a migration may rightly take long.
+  const migrator = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: connectTimeoutMs / 1000 });
   try {
     const key = lockKey("migrations");
     await migrator`select pg_advisory_lock(${key.toString()}::bigint)`;
@@ -87,15 +137,21 @@ async function openPostgres(url: string, max: number): Promise<Database> {
   } finally {
     await migrator.end({ timeout: 5 });
   }
-  const db = drizzle(client, { schema }) as unknown as Db;
+  const db = drizzle(guardedClient(client, deadlineMs, onStale), { schema }) as unknown as Db;
   const listeners: { unlisten: () => Promise<void> }[] = [];
   return {
     kind: "postgres",
     db,
     async withLock(name, timeoutMs, fn) {
       const key = lockKey(name).toString();
-      // A reserved connection holds the session lock for exactly the duration of fn.
-      const conn = await client.reserve();
+      // A reserved connection holds the session lock for exactly the duration of fn. Waiting for one
+      // counts against the lock's timeout (every connection may be stuck); one handed over too late
+      // goes back to the pool.
+      const conn = await withDeadline(client.reserve(), Math.max(1, timeoutMs), "a database connection for a lock", (late) => late.release()).catch(
+        (err: unknown) => {
+          throw err instanceof DatabaseTimeoutError ? new LockTimeoutError(name) : err;
+        },
+      );
       try {
         const deadline = Date.now() + timeoutMs;
         for (;;) {
@@ -114,15 +170,15 @@ async function openPostgres(url: string, max: number): Promise<Database> {
       }
     },
     async notify(channel, payload) {
-      await client.notify(channel, payload);
+      await withDeadline(client.notify(channel, payload), deadlineMs, "a database notification");
     },
     async listen(channel, onPayload) {
-      const sub = await client.listen(channel, onPayload);
+      const sub = await withDeadline(client.listen(channel, onPayload), deadlineMs, "a database subscription", (late) => void late.unlisten().catch(() => {}));
       listeners.push(sub);
       return () => sub.unlisten();
     },
     async ping() {
-      await client`select 1`;
+      await guardedQuery(() => client`select 1`.then(() => undefined), "select 1", deadlineMs, onStale);
     },
     async close() {
       await client.end({ timeout: 5 });
