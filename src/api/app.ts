@@ -4,6 +4,7 @@ import { Counter, Histogram, Registry } from "prom-client";
 import type { Config } from "../config.ts";
 import type { Database } from "../db/client.ts";
 import { DatabaseNotMigratedError, databaseUnavailable } from "../db/errors.ts";
+import { MigrationGate } from "../db/migrations.ts";
 import { AppError } from "../errors.ts";
 import { randomAlnum } from "../ids.ts";
 import type { Logger } from "../log.ts";
@@ -95,12 +96,16 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
     return c.json({ error: "not found", request_id: c.get("requestId") }, 404);
   });
 
+  // A database that lacks migrations (being restored, or older than this code) answers with empty
+  // or missing tables: a 503 then, never an empty list or a write into it.
+  const migrated = new MigrationGate(deps.database);
   // Auth only on the methods each path serves, so a wrong method is a 405, not a 401.
   const requireAuth = async (c: Context<ApiEnv>, next: () => Promise<void>) => {
     c.set(
       "principal",
       await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") }),
     );
+    await migrated.ensure();
     await next();
   };
   app.on(["GET", "POST"], "/vms/:vm_id/routes", requireAuth);

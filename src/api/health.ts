@@ -2,7 +2,7 @@ import type { Hono } from "hono";
 import { Registry } from "prom-client";
 import { formatDuration } from "../config.ts";
 import { databaseUnavailable } from "../db/errors.ts";
-import { appliedMigrations, expectedMigrations } from "../db/migrations.ts";
+import { schemaProblem, schemaState } from "../db/migrations.ts";
 import type { ApiDeps, ApiEnv } from "./app.ts";
 
 /** A named readiness probe: resolves to undefined when fine, or a short reason when not. */
@@ -40,9 +40,7 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     {
       name: "migrations",
       async check() {
-        const n = await appliedMigrations(deps.database);
-        const want = expectedMigrations();
-        return n >= want ? undefined : `${n} of ${want} migrations applied`;
+        return schemaProblem(await schemaState(deps.database));
       },
     },
     {

@@ -14,11 +14,12 @@ export class DatabaseTimeoutError extends Error {
   }
 }
 
-/** The database answers, but its migrations are not all applied (being restored, or an older schema). */
+/** The database answers, but its migrations are not all applied or its schema is not whole (being restored, or older). */
 export class DatabaseNotMigratedError extends Error {
   readonly code = "DB_NOT_MIGRATED";
-  constructor(readonly applied: number, readonly expected: number) {
-    super(`${applied} of ${expected} migrations applied`);
+  /** `problem`: what is missing, in words ("2 of 4 migrations applied"). */
+  constructor(problem: string) {
+    super(problem);
     this.name = "DatabaseNotMigratedError";
   }
 }

@@ -8,6 +8,8 @@ import { stringify as toYaml } from "yaml";
 import type { Config } from "../config.ts";
 import type { Database } from "../db/client.ts";
 import { ROUTES_CHANNEL } from "../db/client.ts";
+import { DatabaseNotMigratedError } from "../db/errors.ts";
+import { MigrationGate } from "../db/migrations.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
@@ -141,6 +143,14 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   let unlisten: (() => Promise<void>) | undefined;
   let unsubscribe: (() => void) | undefined;
 
+  // Never build from a database that lacks migrations (being restored, or older than this code):
+  // its empty tables would publish a config without a single route.
+  const gate = new MigrationGate(database);
+
+  /** The public reason for a failed read. */
+  const readFailure = (err: unknown) =>
+    err instanceof DatabaseNotMigratedError ? `database not fully migrated (${err.message})` : "database unavailable";
+
   function fail(publicReason: string, err: unknown) {
     if (lastError !== publicReason) log.error("traefik config not refreshed; keeping the last good one", { reason: publicReason, err });
     lastError = publicReason;
@@ -163,8 +173,20 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     fp = { count: fp.count + mine.count, sum: fp.sum + mine.sum };
   }
 
+  /** True when every migration is applied now (asked once per round of notified VMs). */
+  async function migrated(): Promise<boolean> {
+    try {
+      await gate.ensure(true);
+      return true;
+    } catch (err) {
+      fail(readFailure(err), err);
+      return false;
+    }
+  }
+
   async function loadAll(): Promise<boolean> {
     try {
+      await gate.ensure(true);
       const rows = await listAllRoutes(database);
       const grouped = new Map<string, RouteLike[]>();
       for (const r of rows) {
@@ -179,7 +201,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       for (const [vmId, list] of grouped) setVm(vmId, list);
       return true;
     } catch (err) {
-      fail("database unavailable", err);
+      fail(readFailure(err), err);
       return false;
     }
   }
@@ -190,7 +212,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       setVm(vmId, rows.map(slim));
       return true;
     } catch (err) {
-      fail("database unavailable", err);
+      fail(readFailure(err), err);
       return false;
     }
   }
@@ -225,9 +247,11 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   async function check(): Promise<{ ok: boolean; read: boolean }> {
     let db: Fingerprint;
     try {
+      // A database swapped for one being restored still answers: its migrations say it is not ready.
+      await gate.ensure(true);
       db = await routesFingerprint(database);
     } catch (err) {
-      fail("database unavailable", err);
+      fail(readFailure(err), err);
       return { ok: false, read: false };
     }
     if (db.count === fp.count && db.sum === fp.sum) return { ok: true, read: false };
@@ -248,7 +272,8 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
       } else if (wantVms.size) {
         const vms = [...wantVms];
         wantVms.clear();
-        for (const id of vms) if (!(readOk = await loadVm(id))) break;
+        readOk = await migrated();
+        if (readOk) for (const id of vms) if (!(readOk = await loadVm(id))) break;
       } else if (wantCheck) {
         wantCheck = false;
         ({ ok: readOk, read } = await check());
