@@ -1,5 +1,6 @@
 import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { addrToUrl, type ListenAddr } from "./config.ts";
 
 /** A listening server and how to stop it. */
@@ -7,12 +8,28 @@ export interface Listening {
   /** A URL a client on this machine can dial (wildcard binds map to loopback). */
   url: string;
   port: number;
-  /** Stops accepting, ends idle keep-alive connections, and cuts the rest after the grace period. */
+  /**
+   * Stops accepting, ends idle keep-alive connections and upgraded ones (WebSockets) at once, and
+   * cuts whatever is still running after the grace period: it always resolves within the grace.
+   */
   close(): Promise<void>;
 }
 
+/** Grace for requests in flight at close, unless the caller says otherwise. A shutdown has 5 s in all. */
+export const DEFAULT_GRACE_MS = 2000;
+
 /** Listens on `addr` (port 0: any free port); resolves once bound, rejects on EADDRINUSE and the like. */
 export async function listen(server: Server, addr: ListenAddr, opts: { graceMs?: number; backlog?: number } = {}): Promise<Listening> {
+  // server.close() waits for every connection, upgraded ones too, which may stay open for hours and
+  // which closeAllConnections() does not see: keep our own list to end them.
+  const sockets = new Set<Socket>();
+  const upgraded = new Set<Duplex>();
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+  // Only where someone handles upgrades: a listener of our own would make the server accept them.
+  if (server.listenerCount("upgrade") > 0) server.on("upgrade", (_req, socket: Duplex) => upgraded.add(socket));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen({ host: addr.host, port: addr.port, backlog: opts.backlog }, () => {
@@ -21,7 +38,11 @@ export async function listen(server: Server, addr: ListenAddr, opts: { graceMs?:
     });
   });
   const { port } = server.address() as AddressInfo;
-  const graceMs = opts.graceMs ?? 10_000;
+  const graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
+  const cutAll = () => {
+    server.closeAllConnections();
+    for (const s of sockets) s.destroy();
+  };
   return {
     url: addrToUrl({ host: addr.host, port }),
     port,
@@ -29,8 +50,9 @@ export async function listen(server: Server, addr: ListenAddr, opts: { graceMs?:
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeIdleConnections();
-        if (graceMs <= 0) server.closeAllConnections();
-        else setTimeout(() => server.closeAllConnections(), graceMs).unref();
+        for (const s of upgraded) s.destroy();
+        if (graceMs <= 0) cutAll();
+        else setTimeout(cutAll, graceMs).unref();
       }),
   };
 }

@@ -1,18 +1,15 @@
 /**
  * The one entry point: `hatch-proxy <command>`. Reads the environment once, starts the requested
- * processes, and stops them cleanly on SIGINT/SIGTERM (a second signal forces exit).
+ * processes, and stops them cleanly on SIGINT/SIGTERM within 5 s (a second signal forces exit).
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { stringify } from "yaml";
 import { addrToUrl, ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { openConfiguredDatabase } from "./db/client.ts";
 import { addEmbeddedProxy, describeDatabase, findTraefikBinary, startStack, type Stack } from "./services.ts";
-import { WAKE_ROUTER } from "./traefik/config-builder.ts";
-import { buildStaticConfig, TRAEFIK_INTERNAL_PORT } from "./traefik/static-config.ts";
+import { getRouteBySubdomain } from "./db/routes.repo.ts";
+import { TraefikSupervisor } from "./traefik/supervisor.ts";
 import { printTraefikConfig } from "./traefik/print-config.ts";
 import { createSimulator } from "./vms/simulator/index.ts";
 import { PEOPLE_COMMANDS, PEOPLE_USAGE, runPeopleCommand } from "./cli/people.ts";
@@ -109,8 +106,8 @@ async function main(argv: string[]): Promise<number> {
   return 2;
 }
 
-/** `npm start`: every part in one process, Traefik as a child when a binary is found. */
-async function startEverything(config: Config, log: Logger): Promise<() => Promise<void>> {
+/** `npm start`: every part in one process, Traefik as a supervised child when a binary is found. */
+async function startEverything(config: Config, log: Logger): Promise<Running> {
   if (!config.hatchApiUrl) {
     // Simulated VMs listen on 127.0.1.N:<guest port>; a wildcard listener on the same port (":8080")
     // would take that port on every loopback address, so the embedded product binds 127.0.0.1.
@@ -123,100 +120,85 @@ async function startEverything(config: Config, log: Logger): Promise<() => Promi
   }
   // Traefik and the sidecar are both ours here, so they can share a fresh secret.
   if (traefikBin && !config.wakeSecret) config = { ...config, wakeSecret: randomBytes(24).toString("base64url") };
-  // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
-  if (traefikBin) config = { ...config, traefikApiUrls: [...config.traefikApiUrls, `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}`] };
-  const stack = await startStack(config, log, { api: true, simulator: true, wake: Boolean(traefikBin) });
+  let traefik: TraefikSupervisor | undefined;
+  // Mutable: the fronts are built with the stack, Traefik may move its port or fail to start later.
+  let traefikApiUrl: string | undefined;
+  const fronts = () => config.traefikApiUrls.filter((u) => u !== traefikApiUrl);
+  let stack: Stack | undefined;
+  if (traefikBin) {
+    traefik = new TraefikSupervisor({
+      bin: traefikBin,
+      config,
+      log: log.child({ component: "traefik" }),
+      onApiUrl: (url) => {
+        traefikApiUrl = url;
+        stack?.fronts?.setUrls([...fronts(), url]);
+      },
+    });
+    // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
+    traefikApiUrl = await traefik.prepare();
+    config = { ...config, traefikApiUrls: [...config.traefikApiUrls, traefikApiUrl] };
+  }
+  let frontCheck: () => Promise<string | undefined> = async () => (traefik ? traefik.notReadyReason() : undefined);
+  stack = await startStack(config, log, {
+    api: true,
+    simulator: true,
+    wake: Boolean(traefik),
+    readiness: [{ name: "front", check: () => frontCheck() }],
+  });
   let front =
     config.proxyFront === "embedded"
       ? "embedded proxy (HATCH_PROXY_FRONT=embedded)"
       : "embedded proxy (no Traefik binary found: set TRAEFIK_BIN or run `bash scripts/traefik.sh`)";
-  let traefik: ChildProcess | undefined;
-  if (traefikBin) {
+  if (traefik) {
     try {
-      traefik = await startTraefik(traefikBin, config, log);
+      await traefik.start();
       front = `Traefik (${traefikBin})`;
-      stack.defer(() => stopChild(traefik!));
+      const t = traefik;
+      stack.defer(() => t.stop());
     } catch (err) {
-      if (config.proxyFront === "traefik") throw err;
+      await traefik.stop();
+      traefik = undefined;
+      if (config.proxyFront === "traefik") {
+        await stack.close();
+        throw err;
+      }
       log.warn("Traefik did not start; serving the proxy port with the embedded proxy", { error: err });
       front = `embedded proxy (Traefik failed to start: ${(err as Error).message})`;
     }
   }
   if (!traefik) {
     // Nothing routes around the proxy: no Traefik to read or to wait for.
-    stack.fronts?.setUrls(config.traefikApiUrls.filter((u) => u !== `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}`));
+    stack.fronts?.setUrls(fronts());
+    frontCheck = async () => undefined;
     await addEmbeddedProxy(stack);
   }
-  printBanner(stack, config, front);
-  return () => stack.close();
+  await printBanner(stack, config, front, traefik?.apiUrl);
+  const t = traefik;
+  const s = stack;
+  return { stop: () => s.close(), kill: () => t?.kill() };
 }
 
-/** Writes the derived static config into the data dir, runs Traefik, and waits for its ping. */
-async function startTraefik(bin: string, config: Config, log: Logger): Promise<ChildProcess> {
-  mkdirSync(config.dataDir, { recursive: true });
-  const file = resolve(config.dataDir, "traefik.yml");
-  writeFileSync(file, stringify(buildStaticConfig(config)), { mode: 0o600 });
-  const child = spawn(bin, [`--configFile=${file}`], { stdio: ["ignore", "pipe", "pipe"] });
-  const logFile = createWriteStream(resolve(config.dataDir, "traefik.log"), { flags: "a" });
-  child.stdout!.pipe(logFile);
-  child.stderr!.pipe(logFile);
-  const exited = new Promise<never>((_, reject) =>
-    child.once("exit", (code, signal) => reject(new Error(`traefik exited (${signal ?? `code ${code}`}); see ${resolve(config.dataDir, "traefik.log")}`))),
-  );
-  exited.catch(() => {});
-  const ping = `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}/ping`;
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const ok = await Promise.race([
-      fetch(ping, { signal: AbortSignal.timeout(500) }).then((r) => r.ok, () => false),
-      exited,
-    ]);
-    if (ok) break;
-    if (Date.now() > deadline) {
-      await stopChild(child);
-      throw new Error("traefik did not answer its ping within 15s");
-    }
-    await new Promise((r) => setTimeout(r, 200));
+/** The first of myapp, myapp2, myapp3… that no route has yet: the banner's example must work on a restart too. */
+async function freeExampleSubdomain(stack: Stack): Promise<string> {
+  for (let n = 1; n < 100; n++) {
+    const name = n === 1 ? "myapp" : `myapp${n}`;
+    if (!(await getRouteBySubdomain(stack.database, name).catch(() => undefined))) return name;
   }
-  // Ping answers before the first provider poll is applied; until then Traefik answers 404 for
-  // every host. Wait for our catch-all router, so the banner only appears once requests route.
-  const router = `http://127.0.0.1:${TRAEFIK_INTERNAL_PORT}/api/http/routers/${WAKE_ROUTER}@http`;
-  for (;;) {
-    const ok = await Promise.race([fetch(router, { signal: AbortSignal.timeout(500) }).then((r) => r.ok, () => false), exited]);
-    if (ok) break;
-    if (Date.now() > deadline) {
-      await stopChild(child);
-      throw new Error(`traefik did not load the configuration from ${config.routeApiUrl}/traefik/config within 15s`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.once("exit", (code, signal) => log.error("traefik exited", { code, signal }));
-  log.info("traefik started", { pid: child.pid, static_config: file });
-  return child;
+  return "myapp-new";
 }
 
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
-    child.removeAllListeners("exit");
-    child.once("exit", () => {
-      clearTimeout(kill);
-      resolve();
-    });
-    child.kill("SIGTERM");
-  });
-}
-
-function printBanner(stack: Stack, config: Config, front: string): void {
+async function printBanner(stack: Stack, config: Config, front: string, traefikApi?: string): Promise<void> {
   const proxyPort = config.proxyAddr.port;
   const api = stack.api!.url;
   const sim = stack.simApi?.url ?? config.hatchApiUrl ?? "";
   const key = stack.generatedKey ?? "<your API key>";
+  const sub = await freeExampleSubdomain(stack);
   const lines = [
     "",
     `hatch-proxy ${VERSION} is running`,
     `  proxy       http://<subdomain>.${config.baseDomain}:${proxyPort}  via ${front}`,
+    ...(traefikApi ? [`  traefik     ping, metrics and router pages at ${traefikApi} (log: ${join(config.dataDir, "traefik.log")})`] : []),
     `  route API   ${api}  (OpenAPI: ${api}/openapi.json, Traefik config: ${api}/traefik/config)`,
     ...(stack.wake ? [`  wake        ${stack.wake.url}`] : []),
     `  database    ${describeDatabase(config)}`,
@@ -225,28 +207,57 @@ function printBanner(stack: Stack, config: Config, front: string): void {
     "",
     "Try it:",
     ...(stack.simulator ? [`  curl -s -X POST ${sim}/vms                    # a VM; note its "id"`] : []),
-    `  curl -s -H 'Authorization: Bearer ${key}' -d '{"subdomain":"myapp","target_port":8080}' ${api}/vms/<id>/routes`,
-    `  curl -s -H 'Host: myapp.${config.baseDomain}' http://127.0.0.1:${proxyPort}/`,
+    `  curl -s -H 'Authorization: Bearer ${key}' -d '{"subdomain":"${sub}","target_port":8080}' ${api}/vms/<id>/routes`,
+    `  curl -s -H 'Host: ${sub}.${config.baseDomain}' http://127.0.0.1:${proxyPort}/`,
     "",
   ];
   process.stderr.write(lines.join("\n") + "\n");
 }
 
-/** Starts with `start`, then waits for SIGINT/SIGTERM and stops; a second signal exits at once. */
-async function runUntilSignal(log: Logger, start: () => Promise<() => Promise<void>>): Promise<number> {
-  const stop = await start();
+/** What a service command leaves running: a graceful stop, and a last resort for a forced exit. */
+interface Running {
+  stop(): Promise<void>;
+  /** Synchronous: ends child processes that must not outlive a forced exit (our Traefik). */
+  kill?(): void;
+}
+
+/** The longest a shutdown may take; past it the process exits anyway (and says so). */
+const SHUTDOWN_BUDGET_MS = 5000;
+
+/**
+ * Starts with `start`, then waits for SIGINT/SIGTERM and stops within SHUTDOWN_BUDGET_MS; a second
+ * signal exits at once.
+ */
+async function runUntilSignal(log: Logger, start: () => Promise<Running | (() => Promise<void>)>): Promise<number> {
+  const started = await start();
+  const running: Running = typeof started === "function" ? { stop: started } : started;
   return new Promise<number>((resolve) => {
     let stopping = false;
+    const forceExit = (code: number) => {
+      running.kill?.();
+      process.exit(code);
+    };
     const onSignal = (signal: NodeJS.Signals) => {
       if (stopping) {
         log.warn("second signal: exiting now", { signal });
-        process.exit(130);
+        forceExit(130);
       }
       stopping = true;
-      log.info("stopping: finishing in-flight requests", { signal });
-      stop().then(
-        () => resolve(0),
+      log.info("stopping: closing connections; requests in flight get a moment to finish", { signal, budget_ms: SHUTDOWN_BUDGET_MS });
+      const overdue = setTimeout(() => {
+        log.error("shutdown did not finish in time: exiting now", { budget_ms: SHUTDOWN_BUDGET_MS });
+        forceExit(1);
+      }, SHUTDOWN_BUDGET_MS);
+      overdue.unref();
+      const began = Date.now();
+      running.stop().then(
+        () => {
+          clearTimeout(overdue);
+          log.info("stopped", { ms: Date.now() - began });
+          resolve(0);
+        },
         (err) => {
+          clearTimeout(overdue);
           log.error("shutdown failed", { error: err });
           resolve(1);
         },

@@ -9,6 +9,7 @@ import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
+import type { ReadinessCheck } from "./api/health.ts";
 import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
 import { listen, type Listening } from "./listen.ts";
@@ -72,6 +73,8 @@ export interface StackParts {
   simulator?: boolean;
   /** Timing of the sleep protocol (tests shorten the settle window). */
   sleeperOptions?: SleeperOptions;
+  /** Extra /readyz checks of the API (`npm start`: the Traefik it runs in front). */
+  readiness?: ReadinessCheck[];
 }
 
 export interface Stack {
@@ -98,14 +101,20 @@ export interface Stack {
   log: Logger;
   /** Registers a shutdown step; steps run in reverse order of registration. */
   defer(step: () => Promise<void>): void;
-  /** Stops everything in order: listeners (finishing in-flight requests), timers, database. */
+  /**
+   * Stops everything in order: listeners (finishing in-flight requests), timers, database. From the
+   * moment it is called, /readyz answers 503.
+   */
   close(): Promise<void>;
 }
 
 /** Starts the requested parts sharing one database handle, platform and VM directory. */
 export async function startStack(config: Config, log: Logger, parts: StackParts): Promise<Stack> {
   const closers: (() => Promise<void>)[] = [];
+  // Load balancers must stop sending work before the listeners go, not after.
+  let closing = false;
   const close = async () => {
+    closing = true;
     for (const c of closers.reverse()) await c().catch((err) => log.warn("shutdown step failed", { error: err }));
     closers.length = 0;
   };
@@ -217,6 +226,8 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
             name: "traefik_config",
             check: async () => (configService.current() ? undefined : configService.notReadyReason()),
           },
+          { name: "shutdown", check: async () => (closing ? "shutting down" : undefined) },
+          ...(parts.readiness ?? []),
         ],
       });
       stack.api = await listenHono(app.fetch, config.httpAddr);

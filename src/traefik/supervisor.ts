@@ -1,0 +1,361 @@
+/**
+ * The Traefik that `npm start` runs in front of the sidecar, kept alive:
+ * - it runs in its own session with its output going straight to a file, so it outlives a crash of
+ *   this process and keeps routing running VMs from its last good config (as compose's separate
+ *   container does); the next start replaces it (its pid is kept in the data directory);
+ * - its loopback entry point gets a port free at start, and a start counts only once the Traefik
+ *   answering there routes to this process's sidecar: another instance's Traefik does not count;
+ * - when it exits it is restarted with backoff, each restart logged, and `/readyz` says why the
+ *   front is down until it routes again.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { resolve } from "node:path";
+import { stringify } from "yaml";
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { WAKE_SERVICE } from "./config-builder.ts";
+import { buildStaticConfig, internalApiRoutes, TRAEFIK_INTERNAL_PORT } from "./static-config.ts";
+
+export interface TraefikSupervisorOptions {
+  bin: string;
+  config: Config;
+  log: Logger;
+  /** Told the new API/metrics URL when a restart had to move Traefik's loopback entry point. */
+  onApiUrl?: (url: string, previous: string) => void;
+  /** Longest wait for one start, until Traefik routes with our config. Default 15 s. */
+  startTimeoutMs?: number;
+  /** Pause before the first restart, doubled after each failed one up to `max`. Default 500 ms / 30 s. */
+  restartDelayMs?: { first: number; max: number };
+  /** How long Traefik gets to stop on SIGTERM before SIGKILL. Default 3 s. */
+  stopTimeoutMs?: number;
+}
+
+type State = "new" | "starting" | "up" | "down" | "stopping" | "stopped";
+
+/** A run that lasted this long was healthy: the next crash restarts after the first delay again. */
+const HEALTHY_RUN_MS = 60_000;
+
+export class TraefikSupervisor {
+  readonly files: { config: string; internalApi: string; log: string; pid: string };
+  private readonly startTimeoutMs: number;
+  private readonly delays: { first: number; max: number };
+  private readonly stopTimeoutMs: number;
+  private port = 0;
+  private child: ChildProcess | undefined;
+  private state: State = "new";
+  private downReason = "";
+  private restarts = 0;
+  private nextDelay: number;
+  private upSince = 0;
+  private downSince = 0;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private restarting: Promise<void> | undefined;
+
+  constructor(private readonly opts: TraefikSupervisorOptions) {
+    const dir = resolve(opts.config.dataDir);
+    this.files = {
+      config: resolve(dir, "traefik.yml"),
+      internalApi: resolve(dir, "traefik-internal-api.yml"),
+      log: resolve(dir, "traefik.log"),
+      pid: resolve(dir, "traefik.pid"),
+    };
+    this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
+    this.delays = opts.restartDelayMs ?? { first: 500, max: 30_000 };
+    this.stopTimeoutMs = opts.stopTimeoutMs ?? 3000;
+    this.nextDelay = this.delays.first;
+  }
+
+  /** Traefik's loopback entry point (API pages, ping, metrics); known after prepare(). */
+  get apiUrl(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** The running Traefik's pid, if any. */
+  get pid(): number | undefined {
+    return this.child?.exitCode === null && this.child.signalCode === null ? this.child.pid : undefined;
+  }
+
+  /**
+   * Replaces a Traefik an earlier run left behind (a crash of ours leaves it routing), picks the
+   * loopback port and writes the static config. Resolves with the API URL, before anything listens,
+   * so the sleeper can be told where to read.
+   */
+  async prepare(): Promise<string> {
+    mkdirSync(this.opts.config.dataDir, { recursive: true });
+    await this.replaceLeftover();
+    this.port = await freeLoopbackPort(TRAEFIK_INTERNAL_PORT);
+    this.writeFiles();
+    return this.apiUrl;
+  }
+
+  /** The first start: resolves once Traefik routes with our config, rejects (and stops it) otherwise. */
+  async start(): Promise<void> {
+    this.state = "starting";
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.launch();
+        break;
+      } catch (err) {
+        // Another instance starting at the same moment may have taken the port between our check
+        // and Traefik's bind (ours then exits): once more on another port.
+        if (attempt === 1 && !(await portIsFree(this.port))) {
+          await this.movePortIfTaken();
+          continue;
+        }
+        this.state = "stopped";
+        throw err;
+      }
+    }
+    this.state = "up";
+    this.opts.log.info("traefik started", { pid: this.child!.pid, static_config: this.files.config, api: this.apiUrl });
+  }
+
+  /** Why the public front does not route now, or undefined when it does (for /readyz). */
+  async notReadyReason(): Promise<string | undefined> {
+    switch (this.state) {
+      case "new":
+      case "starting":
+        return "traefik is starting";
+      case "down":
+        return this.downReason;
+      case "stopping":
+      case "stopped":
+        return "traefik is stopped";
+      case "up": {
+        const ok = await fetch(`${this.apiUrl}/ping`, { signal: AbortSignal.timeout(1000) }).then((r) => r.ok, () => false);
+        return ok ? undefined : `traefik (pid ${this.child?.pid}) does not answer its ping at ${this.apiUrl}/ping`;
+      }
+    }
+  }
+
+  /** Stops Traefik (SIGTERM, then SIGKILL after the stop timeout) and any restart under way. */
+  async stop(): Promise<void> {
+    this.state = "stopping";
+    clearTimeout(this.restartTimer);
+    await this.restarting?.catch(() => {});
+    const child = this.child;
+    if (child) await stopChild(child, this.stopTimeoutMs);
+    rmSync(this.files.pid, { force: true });
+    this.state = "stopped";
+  }
+
+  /** Kills Traefik at once (a forced exit must not leave it behind); synchronous. */
+  kill(): void {
+    this.state = "stopped";
+    clearTimeout(this.restartTimer);
+    const pid = this.pid;
+    if (pid) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    rmSync(this.files.pid, { force: true });
+  }
+
+  // ---- starting one Traefik ---------------------------------------------------------------------
+
+  private writeFiles(): void {
+    const { config } = this.opts;
+    writeFileSync(this.files.internalApi, stringify(internalApiRoutes()), { mode: 0o600 });
+    // Traefik gets 2 s of its own grace on stop (then our SIGKILL at 3 s), within npm start's 5 s.
+    const staticConfig = buildStaticConfig(config, { apiPort: this.port, internalApiFile: this.files.internalApi, graceTimeOut: "2s" });
+    // The file holds the provider token when one is set.
+    writeFileSync(this.files.config, stringify(staticConfig), { mode: 0o600 });
+  }
+
+  /** Spawns Traefik and waits until it routes with our config; on failure it is stopped again. */
+  private async launch(): Promise<void> {
+    const logFd = openSync(this.files.log, "a");
+    let child: ChildProcess;
+    try {
+      // Its own session: a Ctrl-C in our terminal is ours to handle, and Traefik never writes into a
+      // pipe that dies with us (a SIGPIPE would take it down and every running VM's route with it).
+      child = spawn(this.opts.bin, [`--configFile=${this.files.config}`], { detached: true, stdio: ["ignore", logFd, logFd] });
+    } finally {
+      closeSync(logFd);
+    }
+    this.child = child;
+    const exited = new Promise<never>((_, reject) => {
+      child.once("error", (err) => reject(new Error(`traefik could not be run: ${err.message}`)));
+      child.once("exit", (code, signal) => reject(new Error(`traefik exited (${signal ?? `code ${code}`}) while starting; see ${this.files.log}`)));
+    });
+    exited.catch(() => {});
+    try {
+      await Promise.race([this.waitUntilOurs(child), exited]);
+    } catch (err) {
+      await stopChild(child, this.stopTimeoutMs);
+      throw err;
+    }
+    if (child.pid) writeFileSync(this.files.pid, `${child.pid}\n`);
+    this.upSince = Date.now();
+    child.once("exit", (code, signal) => this.onExit(child, code, signal));
+  }
+
+  /**
+   * Ping answers before the first provider poll is applied (until then every host gets a 404), and
+   * it may come from another process on the port. The sidecar service of the loaded config must be
+   * this process's: only one process can listen on our wake URL.
+   */
+  private async waitUntilOurs(child: ChildProcess): Promise<void> {
+    const deadline = Date.now() + this.startTimeoutMs;
+    const service = `${this.apiUrl}/api/http/services/${WAKE_SERVICE}@http`;
+    let last = "no answer";
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`traefik exited while starting; see ${this.files.log}`);
+      try {
+        const res = await fetch(service, { signal: AbortSignal.timeout(500) });
+        const body = (await res.json().catch(() => undefined)) as { loadBalancer?: { servers?: { url?: string }[] } } | undefined;
+        const urls = body?.loadBalancer?.servers?.map((s) => s.url) ?? [];
+        if (res.ok && urls.includes(this.opts.config.wakeUrl)) return;
+        last = res.ok ? `its sidecar is ${urls.join(", ") || "unknown"}, not ${this.opts.config.wakeUrl}: another hatch-proxy's Traefik holds ${this.apiUrl}` : `config not loaded yet (HTTP ${res.status})`;
+      } catch {
+        last = "no answer";
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`traefik did not route with the configuration from ${this.opts.config.routeApiUrl}/traefik/config within ${this.startTimeoutMs / 1000}s (${last}); see ${this.files.log}`);
+      }
+      await sleep(100);
+    }
+  }
+
+  // ---- supervision --------------------------------------------------------------------------------
+
+  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (child !== this.child || this.state !== "up") return;
+    rmSync(this.files.pid, { force: true });
+    const how = signal ?? `code ${code}`;
+    if (Date.now() - this.upSince >= HEALTHY_RUN_MS) this.nextDelay = this.delays.first;
+    this.state = "down";
+    this.downSince = Date.now();
+    this.opts.log.error("traefik exited; restarting", { code, signal, restart: this.restarts + 1, in_ms: this.nextDelay, log: this.files.log });
+    this.scheduleRestart(`traefik exited (${how})`);
+  }
+
+  private scheduleRestart(why: string): void {
+    const delay = this.nextDelay;
+    this.nextDelay = Math.min(this.delays.max, this.nextDelay * 2);
+    this.downReason = `${why}; restart ${this.restarts + 1} in ${formatMs(delay)}`;
+    this.restartTimer = setTimeout(() => {
+      this.restarting = this.restart(why).finally(() => (this.restarting = undefined));
+    }, delay);
+  }
+
+  private async restart(why: string): Promise<void> {
+    if (this.state !== "down") return;
+    this.restarts += 1;
+    this.downReason = `${why}; restarting (restart ${this.restarts})`;
+    try {
+      await this.movePortIfTaken();
+      await this.launch();
+    } catch (err) {
+      if ((this.state as State) !== "down") return;
+      this.opts.log.error("traefik restart failed", { restart: this.restarts, error: err, next_in_ms: this.nextDelay });
+      this.scheduleRestart(`traefik restart ${this.restarts} failed: ${(err as Error).message}`);
+      return;
+    }
+    // stop() may have come while it started: that Traefik is stopped there.
+    if ((this.state as State) !== "down") return;
+    this.state = "up";
+    this.opts.log.info("traefik restarted", { restart: this.restarts, pid: this.child?.pid, down_ms: Date.now() - this.downSince });
+  }
+
+  /** Another process took the loopback port while Traefik was down: move to a free one and say so. */
+  private async movePortIfTaken(): Promise<void> {
+    if (await portIsFree(this.port)) return;
+    const previous = this.apiUrl;
+    this.port = await freeLoopbackPort(0);
+    this.writeFiles();
+    this.opts.log.warn("traefik's loopback port is taken by another process; moved", { from: previous, to: this.apiUrl });
+    this.opts.onApiUrl?.(this.apiUrl, previous);
+  }
+
+  /** A Traefik started from our static config by an earlier run that did not stop it (a crash). */
+  private async replaceLeftover(): Promise<void> {
+    let pid: number;
+    try {
+      pid = Number(readFileSync(this.files.pid, "utf8").trim());
+    } catch {
+      return;
+    }
+    rmSync(this.files.pid, { force: true });
+    if (!Number.isInteger(pid) || pid <= 0 || !isOurTraefik(pid, this.files.config)) return;
+    this.opts.log.warn("replacing the Traefik an earlier hatch-proxy left running", { pid });
+    try {
+      process.kill(pid, "SIGTERM");
+    } catch {
+      return;
+    }
+    const deadline = Date.now() + this.stopTimeoutMs;
+    while (alive(pid)) {
+      if (Date.now() > deadline) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // gone in between
+        }
+      }
+      await sleep(50);
+    }
+  }
+}
+
+/** SIGTERM, SIGKILL after `timeoutMs`; resolves once the child has exited (bounded either way). */
+function stopChild(child: ChildProcess, timeoutMs: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => {
+    const kill = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const giveUp = setTimeout(done, timeoutMs + 1000);
+    child.once("exit", () => {
+      clearTimeout(kill);
+      clearTimeout(giveUp);
+      done();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+/** True when `pid` runs Traefik on `configFile` (Linux /proc); elsewhere nothing is ever killed. */
+function isOurTraefik(pid: number, configFile: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(`--configFile=${configFile}`);
+  } catch {
+    return false;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const s = createServer();
+    s.once("error", () => done(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => done(true)));
+  });
+}
+
+/** `preferred` when it is free, else any free loopback port (the OS picks). */
+async function freeLoopbackPort(preferred: number): Promise<number> {
+  if (preferred && (await portIsFree(preferred))) return preferred;
+  return new Promise((done, fail) => {
+    const s = createServer();
+    s.once("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => done(port));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const formatMs = (ms: number) => (ms < 1000 ? `${ms}ms` : `${Math.round(ms / 100) / 10}s`);

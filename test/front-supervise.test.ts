@@ -1,0 +1,99 @@
+/**
+ * The Traefik `npm start` runs in front is supervised: killed, it is restarted (and /readyz is red
+ * in between); and it outlives a crash of hatch-proxy, routing running VMs from its last config
+ * until the next start replaces it. VMs live in a separate simulator process, as real VMs would.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { traefikBinary } from "./helpers/env.ts";
+import { killTraefiks, startProduct, startSimulator, stopProcess, traefikPids, viaProxy, vmWithRoute, waitFor, waitForDirectRouter, type Product } from "./helpers/front.ts";
+
+const bin = traefikBinary();
+if (!bin) console.warn("[front-supervise] no Traefik binary: the supervised-Traefik tests are SKIPPED");
+
+describe.skipIf(!bin)("npm start supervises its Traefik", () => {
+  let dir: string;
+  let sim: Awaited<ReturnType<typeof startSimulator>>;
+  let product: Product | undefined;
+  let vmId: string;
+  const env = () => ({ HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin!, HATCH_API_URL: sim.url });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hatch-front-supervise-"));
+    sim = await startSimulator("127.0.141", dir);
+    product = await startProduct({ dir, ipPrefix: "127.0.141", env: env() });
+    const route = await vmWithRoute(sim.url, product, "svapp");
+    vmId = route.vmId;
+    // Routed directly, not through the sidecar (which dies with hatch-proxy).
+    await waitForDirectRouter(product, route.routeId);
+    expect((await viaProxy(product, "svapp", "/hello")).status).toBe(200);
+  }, 90_000);
+
+  afterAll(async () => {
+    if (product) await stopProcess(product.child);
+    killTraefiks(dir);
+    await sim?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("keeps routing running VMs after hatch-proxy is killed, and the next start replaces that Traefik", async () => {
+    const p = product!;
+    const [orphan] = traefikPids(dir);
+    p.child.kill("SIGKILL");
+    await p.exited;
+    product = undefined;
+    // Traefik writes a log line every failed poll and an access-log line per request: with pipes to
+    // a dead parent the first write killed it (SIGPIPE). Ten requests over three seconds.
+    for (let i = 0; i < 10; i++) {
+      const r = await viaProxy(p, "svapp", `/after-crash-${i}`);
+      expect(r.status, `request ${i} after the crash`).toBe(200);
+      expect(JSON.parse(r.body)).toMatchObject({ vm_id: vmId, path: `/after-crash-${i}` });
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    expect(traefikPids(dir)).toEqual([orphan]);
+
+    product = await startProduct({ dir, ports: p.ports, ipPrefix: "127.0.141", env: env() });
+    expect(product.output()).toContain("via Traefik");
+    expect(product.logLines().find((l) => l.msg === "replacing the Traefik an earlier hatch-proxy left running")).toMatchObject({ pid: orphan });
+    const now = traefikPids(dir);
+    expect(now).toHaveLength(1);
+    expect(now[0]).not.toBe(orphan);
+    await waitFor(async () => (await viaProxy(product!, "svapp", "/again")).status === 200, "the route after the restart");
+  }, 60_000);
+
+  it("restarts a killed Traefik and says so in /readyz meanwhile", async () => {
+    const p = product!;
+    const [pid] = traefikPids(dir);
+    expect(pid).toBeDefined();
+    const readyz = async () => {
+      const res = await fetch(`${p.apiUrl}/readyz`, { signal: AbortSignal.timeout(3000) });
+      return { status: res.status, body: (await res.json()) as { checks: Record<string, string> } };
+    };
+    expect((await readyz()).status).toBe(200);
+    process.kill(pid!, "SIGKILL");
+    // Red at once (its ping fails before the exit is seen), then saying what happened.
+    const down: string[] = [];
+    await waitFor(async () => {
+      const r = await readyz();
+      if (r.status === 200) down.push("ready");
+      else down.push(r.body.checks.front!);
+      return /^traefik exited \(SIGKILL\); restart/.test(down.at(-1)!);
+    }, "/readyz to name the exit", 3000, 20);
+    expect(down.filter((d) => d === "ready")).toEqual([]);
+    await waitFor(async () => (await readyz()).status === 200, "/readyz to recover", 15_000);
+    expect(traefikPids(dir)).toHaveLength(1);
+    expect(traefikPids(dir)[0]).not.toBe(pid);
+    expect((await viaProxy(p, "svapp", "/hello")).status).toBe(200);
+    const lines = p.logLines();
+    expect(lines.find((l) => l.msg === "traefik exited; restarting")).toMatchObject({ level: "error", signal: "SIGKILL", restart: 1 });
+    expect(lines.find((l) => l.msg === "traefik restarted")).toMatchObject({ level: "info", restart: 1 });
+
+    // A normal stop takes its Traefik along.
+    await stopProcess(p.child);
+    expect(await p.exited).toBe(0);
+    product = undefined;
+    expect(traefikPids(dir)).toEqual([]);
+  }, 30_000);
+});
