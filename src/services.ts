@@ -17,7 +17,7 @@ import { openConfiguredDatabase, type Database } from "./db/client.ts";
 import { deleteRoutesOfVm } from "./db/routes.repo.ts";
 import type { Logger } from "./log.ts";
 import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
-import { traefikEndpoint } from "./traefik/endpoint.ts";
+import { quietTraefikPolls, traefikEndpoint } from "./traefik/endpoint.ts";
 import { createVmDirectory } from "./vms/directory.ts";
 import { createHatchClient } from "./vms/hatch-client.ts";
 import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
@@ -215,7 +215,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         platform,
         directory,
         auth,
-        log: log.child({ component: "api" }),
+        log: quietTraefikPolls(log.child({ component: "api" })),
         mounts: { "/traefik": traefikEndpoint(configService, { config, log, onPoll: () => (polledAt = Date.now()) }) },
         // Metrics of this process's proxy: the sidecar, or the embedded proxy (which `start` may add
         // after the API, when Traefik is missing or fails). One of them runs, never both.

@@ -72,12 +72,75 @@ function matchesIfNoneMatch(header: string | undefined, etag: string): boolean {
   return header.split(",").some((t) => t.trim().replace(/^W\//, "") === etag);
 }
 
+/**
+ * The API's logger with the request lines of this endpoint at debug: a Traefik polls it every
+ * second (86,400 info lines a day said nothing), and refusals are summarized by the endpoint itself.
+ * A 5xx (config not built) stays at info.
+ */
+export function quietTraefikPolls(log: Logger): Logger {
+  const routine = (msg: string, fields?: Record<string, unknown>) =>
+    msg === "request" && typeof fields?.path === "string" && /^\/traefik\/config(\.yaml)?$/.test(fields.path) && Number(fields.status) < 500;
+  return {
+    debug: (m, f) => log.debug(m, f),
+    info: (m, f) => (routine(m, f) ? log.debug(m, f) : log.info(m, f)),
+    warn: (m, f) => log.warn(m, f),
+    error: (m, f) => log.error(m, f),
+    child: (fields) => quietTraefikPolls(log.child(fields)),
+  };
+}
+
+/** Most kinds of refusal tracked at once; others share one line. */
+const MAX_REFUSAL_KINDS = 100;
+
+/**
+ * Refusals in the log: the first of each kind (reason and address) as a warning at once, repeats
+ * counted and written as one line per window while they go on. A misconfigured Traefik polling
+ * every second, or a scanner, then costs a line a minute instead of one per request.
+ */
+export class RefusalLog {
+  private readonly kinds = new Map<string, { fields: Record<string, unknown>; repeats: number }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly windowMs = 60_000,
+  ) {}
+
+  note(fields: { reason: string; address?: string | undefined }): void {
+    let key = `${fields.reason} ${fields.address ?? ""}`;
+    if (!this.kinds.has(key) && this.kinds.size >= MAX_REFUSAL_KINDS) key = "other";
+    const kind = this.kinds.get(key);
+    if (kind) kind.repeats += 1;
+    else {
+      const shown = key === "other" ? { reason: "various", address: "various" } : fields;
+      this.kinds.set(key, { fields: shown, repeats: 0 });
+      this.log.warn("traefik config request refused", { ...shown, repeats_summarized_every_s: this.windowMs / 1000 });
+    }
+    this.timer ??= setTimeout(() => this.flush(), this.windowMs).unref();
+  }
+
+  /** Writes the repeats seen since the last window; a kind that stopped is forgotten (its next refusal warns again). */
+  flush(): void {
+    this.timer = undefined;
+    for (const [key, kind] of this.kinds) {
+      if (kind.repeats === 0) {
+        this.kinds.delete(key);
+        continue;
+      }
+      this.log.warn("traefik config requests refused again", { ...kind.fields, count: kind.repeats, window_s: this.windowMs / 1000 });
+      kind.repeats = 0;
+    }
+    if (this.kinds.size > 0) this.timer = setTimeout(() => this.flush(), this.windowMs).unref();
+  }
+}
+
 /** The Hono sub-app the API mounts at `/traefik`. */
 export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDeps): Hono {
   const { config } = deps;
   const log = deps.log.child({ component: "traefik-endpoint" });
   const clientAddress = deps.clientAddress ?? socketAddress;
   const expected = config.traefikToken ? digest(config.traefikToken) : undefined;
+  const refusals = new RefusalLog(log);
   const app = new Hono();
 
   if (expected) log.info("traefik config endpoint requires a bearer token (HATCH_TRAEFIK_TOKEN)");
@@ -88,14 +151,14 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
     if (expected) {
       const result = bearerMatches(header(c, "authorization"), expected);
       if (result === "ok") return undefined;
-      log.warn("traefik config request refused", { reason: `${result} token` });
+      refusals.note({ reason: `${result} token`, address: clientAddress(c) });
       c.header("WWW-Authenticate", 'Bearer realm="hatch-proxy traefik config"');
       return c.json({ error: result === "missing" ? "missing bearer token" : "invalid bearer token" }, 401);
     }
     const address = clientAddress(c);
     const relayed = FORWARDING_HEADERS.some((h) => header(c, h) !== undefined);
     if (isLoopback(address) && !relayed) return undefined;
-    log.warn("traefik config request refused", { reason: relayed ? "relayed" : "not loopback", address });
+    refusals.note({ reason: relayed ? "relayed" : "not loopback", address });
     return c.json({ error: "the traefik config is served to loopback clients only (set HATCH_TRAEFIK_TOKEN to allow others)" }, 403);
   };
 
