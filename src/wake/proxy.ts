@@ -60,7 +60,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     own.start().catch((err: unknown) => log.warn("proxy lifecycle did not start fully", { err }));
   }
   const lifecycle = deps.lifecycle ?? own!.lifecycle;
-  const routes = createRouteCache(database, { ttlMs: opts.routeCacheTtlMs ?? 10_000, log });
+  const routes = createRouteCache(database, { ttlMs: opts.routeCacheTtlMs ?? 10_000, log, registry: lifecycle.metrics.registry });
   // A burst of replays (1,000 held requests) must not open 1,000 connections at once: the guest's
   // accept backlog would drop SYNs and cost a 1 s retransmit. Requests past the cap queue in the
   // agent and reuse kept-alive sockets.
@@ -104,7 +104,8 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     try {
       route = await routes.get(sub);
     } catch (err) {
-      log.error("route lookup failed", { subdomain: sub, err });
+      // The cache says once that the database is away (and counts these); one line per request would flood.
+      log.debug("route lookup failed", { subdomain: sub, err });
       return { kind: "fail", failure: { status: 503, error: "route lookup failed", headers: { "retry-after": "1" } } };
     }
     if (!route) return noRoute;
