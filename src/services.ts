@@ -14,6 +14,7 @@ import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
 import { listen, type Listening } from "./listen.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
+import { lockDirectory } from "./db/data-dir-lock.ts";
 import { deleteRoutesOfVm } from "./db/routes.repo.ts";
 import type { Logger } from "./log.ts";
 import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
@@ -127,6 +128,10 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     if (config.hatchApiUrl) {
       platform = createHatchClient({ baseUrl: config.hatchApiUrl, apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
     } else if (parts.simulator) {
+      // The simulator rewrites simulator.json as soon as it has loaded it (a VM whose ports another
+      // process holds is saved as stopped): a second process on this directory must stop first.
+      const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
+      closers.push(async () => releaseDir());
       simulator = await createSimulator({
         ipPrefix: config.simIpPrefix,
         restoreMs: config.simRestoreMs,

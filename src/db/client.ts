@@ -1,10 +1,11 @@
-import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import type { Options, Sql } from "postgres";
+import { lockDirectory } from "./data-dir-lock.ts";
 import { guardedQuery, watchedDialer, withDeadline } from "./deadline.ts";
 import { DatabaseTimeoutError } from "./errors.ts";
 import * as schema from "./schema.ts";
@@ -191,7 +192,7 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
   const { drizzle } = await import("drizzle-orm/pglite");
   const { migrate } = await import("drizzle-orm/pglite/migrator");
   if (dataDir) mkdirSync(dataDir, { recursive: true });
-  const releaseLock = dataDir ? lockDataDir(dataDir) : () => {};
+  const releaseLock = dataDir ? lockDirectory(dataDir) : () => {};
   let pg: InstanceType<typeof PGlite>;
   try {
     pg = dataDir ? await PGlite.create(dataDir) : await PGlite.create();
@@ -243,48 +244,4 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
   };
 }
 
-/** Thrown when another live process has the embedded database open. */
-export class DataDirInUseError extends Error {
-  constructor(dir: string, pid: number) {
-    super(
-      `the embedded database in ${dir} is in use by process ${pid}; PGlite serves one process only: ` +
-        "stop that process, use another HATCH_DATA_DIR, or set DATABASE_URL to share PostgreSQL between processes " +
-        `(if process ${pid} is not hatch-proxy, delete ${join(dir, "hatch-proxy.pid")})`,
-    );
-    this.name = "DataDirInUseError";
-  }
-}
-
-/**
- * PGlite has no locking of its own and two processes writing one data directory corrupt it, so
- * the directory carries a pid file while open. A file left by a process that no longer runs is taken over.
- */
-function lockDataDir(dir: string): () => void {
-  const file = join(dir, "hatch-proxy.pid");
-  for (let attempt = 0; ; attempt++) {
-    try {
-      writeFileSync(file, `${process.pid}\n`, { flag: "wx" });
-      return () => {
-        try {
-          if (readFileSync(file, "utf8").trim() === String(process.pid)) unlinkSync(file);
-        } catch {
-          // Already gone: nothing to release.
-        }
-      };
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0) throw err;
-      const pid = Number(readFileSync(file, "utf8").trim());
-      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) throw new DataDirInUseError(dir, pid);
-      unlinkSync(file);
-    }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
+export { DataDirInUseError } from "./data-dir-lock.ts";
