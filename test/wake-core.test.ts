@@ -123,11 +123,12 @@ describe("subdomainOf", () => {
 });
 
 describe("waking page and body limit text", () => {
-  it("escapes the subdomain and refreshes itself", () => {
+  it("escapes the subdomain and reloads itself (a meta refresh only without JavaScript)", () => {
     expect(escapeHtml(`<a href="x">'&'</a>`)).toBe("&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
-    const html = wakingPage("my<app>");
+    const html = wakingPage("my<app>", { elapsedMs: 0 });
     expect(html).toContain("<title>waking my&lt;app&gt;…</title>");
-    expect(html).toContain('<meta http-equiv="refresh" content="1">');
+    expect(html).toContain('<noscript><meta http-equiv="refresh" content="1"></noscript>');
+    expect(html).toContain("location.reload()");
     expect(html).not.toContain("<app>");
   });
 

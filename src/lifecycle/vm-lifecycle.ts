@@ -19,6 +19,7 @@ import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError } from "../wake
 import type { WakeMetrics, WakeOutcome } from "../wake/metrics.ts";
 import { ReadyTimeoutError, waitForPort } from "../wake/ready.ts";
 import { HoldCounter, SingleFlight, type Flight } from "../wake/single-flight.ts";
+import { WakeHistory } from "../wake/wake-history.ts";
 import type { ActivityRecorder } from "./activity.ts";
 import { FailureError, SHUTTING_DOWN, ShuttingDownError, WakeTimeoutError, type Failure } from "./failure.ts";
 import type { SleepWatch } from "./sleep-watch.ts";
@@ -66,6 +67,8 @@ export class VmLifecycle {
   private readonly timeoutText: string;
   /** When this process last saw each VM come up from a wake (Date.now()). */
   private readonly upAt = new Map<string, number>();
+  /** Wakes under way and recent wake durations, for the waking page. */
+  private readonly history = new WakeHistory();
   private closed = false;
 
   constructor(private readonly deps: LifecycleDeps) {
@@ -142,6 +145,12 @@ export class VmLifecycle {
     if (now - (this.upAt.get(vmId) ?? 0) <= withinMs) return true;
     const updated = typeof vm.updated_at === "string" ? Date.parse(vm.updated_at) : NaN;
     return Number.isFinite(updated) && Math.abs(now - updated) <= withinMs;
+  }
+
+  /** How long the wake of `vmId` under way here has run, and its last wake durations (ms). */
+  wakeProgress(vmId: string): { elapsedMs: number | undefined; recentMs: readonly number[] } {
+    const started = this.history.startedAt(vmId);
+    return { elapsedMs: started === undefined ? undefined : Date.now() - started, recentMs: this.history.durations(vmId) };
   }
 
   /** Counts one open request or connection to `vmId` (activity for as long as it lasts). */
@@ -224,6 +233,7 @@ export class VmLifecycle {
     let outcome: WakeOutcome = "failed";
     let failure: Failure | undefined;
     let woke = false;
+    this.history.began(vmId);
     try {
       if (this.closed) throw new ShuttingDownError();
       // A sleep in progress finishes first (its snapshot holds the same lock); then this wakes it.
@@ -259,6 +269,7 @@ export class VmLifecycle {
       clearTimeout(timer);
       this.closers.delete(onClose);
       const ms = performance.now() - started;
+      this.history.ended(vmId, woke && outcome === "ok" ? ms : undefined);
       metrics.wake(outcome, ms / 1000);
       const fields = { vm: vmId, subdomain, duration_ms: Math.round(ms), waiters: flight.joined, outcome, woke };
       if (failure) log.warn("vm wake", { ...fields, error: failure.error, detail: failure.detail });

@@ -108,7 +108,7 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
         metrics.request(CLIENT_GONE);
         return;
       case "page":
-        return sendPage(res, d.subdomain);
+        return sendPage(res, d, pageAfter);
       case "failure":
         if (o.failure.status === 413) return sendTooLarge(req, res, o.failure);
         return sendFailure(res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
@@ -212,9 +212,11 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     res.end(text);
   }
 
-  function sendPage(res: ServerResponse, subdomain: string): void {
+  /** The waking page, with how long this VM's wake has run (at least as long as this request waited) and its usual wake time. */
+  function sendPage(res: ServerResponse, d: Routed, waitedMs: number): void {
     metrics.request(503);
-    const html = wakingPage(subdomain);
+    const { elapsedMs, recentMs } = lifecycle.wakeProgress(d.route.vmId);
+    const html = wakingPage(d.subdomain, { elapsedMs: elapsedMs ?? waitedMs, recentMs });
     res.writeHead(503, { ...WAKING_PAGE_HEADERS, "content-length": Buffer.byteLength(html) });
     res.end(html);
   }
