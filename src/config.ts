@@ -203,6 +203,33 @@ export class ConfigError extends Error {
   }
 }
 
+/** Query parameters whose value is a credential (`password=`, `sslpassword=`, `auth_token=`, `apikey=`…). */
+const SECRET_PARAM = /([?&;][^=&#\s]*(?:pass|pwd|secret|token|key|auth)[^=&#\s]*=)[^&#\s,]*/gi;
+
+/**
+ * A value as it may be printed: in every comma-separated part, the password of a URL (or of a
+ * `user:password@host` form) and secret-looking query parameters become `***`; a URL whose user part
+ * has no password keeps nothing of it (it may be a token). The last `@` ends the user part, so an
+ * unencoded `@` or `/` in a password is covered.
+ */
+export function redactValue(text: string): string {
+  return text
+    .split(",")
+    .map((part) => {
+      const at = part.lastIndexOf("@");
+      if (at > 0) {
+        const scheme = part.indexOf("://");
+        const start = scheme >= 0 && scheme < at ? scheme + 3 : part.lastIndexOf(" ", at) + 1;
+        const userinfo = part.slice(start, at);
+        const colon = userinfo.indexOf(":");
+        if (colon >= 0) part = `${part.slice(0, start)}${userinfo.slice(0, colon)}:***${part.slice(at)}`;
+        else if (scheme >= 0 && scheme < at && userinfo) part = `${part.slice(0, start)}***${part.slice(at)}`;
+      }
+      return part.replace(SECRET_PARAM, "$1***");
+    })
+    .join(",");
+}
+
 /** Parses the environment once. Throws ConfigError listing every bad variable (name, value, accepted form). */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const problems: string[] = [];
@@ -215,7 +242,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const r = v.safeParse(spec.schema as v.GenericSchema<string, unknown>, text);
     if (r.success) out[name] = r.output;
     else {
-      const shown = /KEY|SECRET|TOKEN|PASSWORD/.test(name) ? "<hidden>" : JSON.stringify(text);
+      const shown = /KEY|SECRET|TOKEN|PASSWORD/.test(name) ? "<hidden>" : JSON.stringify(redactValue(text));
       problems.push(`${name}=${shown}: expected ${r.issues[0]?.message ?? "a valid value"}`);
     }
   }
