@@ -84,7 +84,8 @@ export function checkCreateRoute(body: unknown):
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
     return { ok: false, error: `request body must be a JSON object, not ${body === null ? "null" : Array.isArray(body) ? "an array" : typeof body}` };
   }
-  const unknown = Object.keys(body).filter((k) => !(k in CreateRouteTypes.entries));
+  // Own keys only: `in` also finds what every object inherits (constructor, toString, __proto__…).
+  const unknown = Object.keys(body).filter((k) => !Object.hasOwn(CreateRouteTypes.entries, k));
   if (unknown.length) return { ok: false, error: `unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}` };
   const rec = body as Record<string, unknown>;
   if (rec.target_port === undefined || rec.target_port === null) return { ok: false, error: "target_port is required (an integer from 1 to 65535)" };
