@@ -194,12 +194,12 @@ describe("vms commands against the simulator", () => {
     });
 
     it("a wrong or missing key is a 401 with a hint, and the key is never printed", async () => {
-      const hint = "hint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in data/api-key)\n";
+      const hint = "hint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in <HATCH_DATA_DIR, default data>/api-key)\n";
       const wrong = await run(["routes", "list", vmId], { HATCH_PROXY_URL: apiUrl, HATCH_PROXY_API_KEY: "wrong-secret-123" });
-      expect(wrong).toEqual({ code: 1, out: "", err: `error: invalid api key (HTTP 401)\n${hint}` });
+      expect(wrong).toEqual({ code: 1, out: "", err: `error: invalid api key (HTTP 401)\nhint: the key came from HATCH_PROXY_API_KEY\n${hint}` });
       const empty = mkdtempSync(join(tmp, "nokey-"));
       const missing = await run(["routes", "list", vmId], { HATCH_PROXY_URL: apiUrl, HATCH_DATA_DIR: empty });
-      expect(missing).toEqual({ code: 1, out: "", err: `error: missing api key (HTTP 401)\n${hint}` });
+      expect(missing).toEqual({ code: 1, out: "", err: `error: missing api key (HTTP 401)\nhint: no key given, and no key file at ${join(empty, "api-key")}\n${hint}` });
       for (const text of transcript) expect(text).not.toContain("wrong-secret-123");
     });
 

@@ -216,7 +216,7 @@ describe("vms activity and vms sleep against the full stack", () => {
   it("errors come from the route API: unknown VM, wrong key", async () => {
     expect(await run(["vms", "activity", "vm_ghost"])).toEqual({ code: 1, out: "", err: "error: not found (HTTP 404)\n" });
     expect(await run(["vms", "sleep", "vm_ghost"])).toEqual({ code: 1, out: "", err: "error: not found (HTTP 404)\n" });
-    const hint = "hint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in data/api-key)\n";
+    const hint = "hint: the key came from HATCH_PROXY_API_KEY\nhint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in <HATCH_DATA_DIR, default data>/api-key)\n";
     expect(await run(["vms", "activity", vmId], { ...baseEnv(), HATCH_PROXY_API_KEY: "wrong" })).toEqual({ code: 1, out: "", err: `error: invalid api key (HTTP 401)\n${hint}` });
     // --api-url wins over HATCH_PROXY_URL, as for routes.
     expect((await run(["vms", "activity", vmId, "--api-url", apiUrl], { ...baseEnv(), HATCH_PROXY_URL: closedUrl })).code).toBe(0);

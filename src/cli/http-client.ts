@@ -3,11 +3,15 @@
  * and every failure turned into the one line people see (never the API key).
  */
 
-/** A failure to show as `error: <message>` with exit code 1. */
+/** A failure to show as `error: <message>` (then its hint lines) with exit code 1. */
 export class CliError extends Error {
   constructor(
     message: string,
     readonly status?: number,
+    /** Lines that say what to do about it (shown after the message). */
+    readonly hint?: string,
+    /** The API's own error text, when it answered one (what --json reports as `error`). */
+    readonly apiError?: string,
   ) {
     super(message);
     this.name = "CliError";
@@ -22,7 +26,7 @@ export interface ApiTarget {
   name: string;
   /** Appended to "cannot reach …" (how to start the missing server). */
   startHint: string;
-  /** Appended to 401 answers (where a key comes from). */
+  /** Shown after 401 answers: where the key came from, or where none was found (one or more lines). */
   authHint: string;
   timeoutMs: number;
 }
@@ -100,6 +104,5 @@ export async function callApi(
   if (apiError === undefined) {
     throw new CliError(`the ${target.name} at ${target.url} answered HTTP ${res.status} without an error message: is it really the ${target.name}?`, res.status);
   }
-  const hint = res.status === 401 ? `\n${target.authHint}` : "";
-  throw new CliError(`${apiError} (HTTP ${res.status})${hint}`, res.status);
+  throw new CliError(`${apiError} (HTTP ${res.status})`, res.status, res.status === 401 ? target.authHint : undefined, apiError);
 }

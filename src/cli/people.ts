@@ -37,7 +37,7 @@ const APIS: Record<ApiName, Api> = {
     label: "route API",
     options: {
       "api-url": { type: "string", help: "route API URL (default HATCH_PROXY_URL, else http://127.0.0.1:<HATCH_HTTP_ADDR port>)" },
-      "api-key": { type: "string", help: "route API key (default HATCH_PROXY_API_KEY, else <HATCH_DATA_DIR>/api-key)" },
+      "api-key": { type: "string", help: "route API key (default HATCH_PROXY_API_KEY, else the key npm start keeps in <HATCH_DATA_DIR>/api-key, here or in the project)" },
     },
     target: (env, values) => routeApiTarget(env, values as Parameters<typeof routeApiTarget>[1]),
   },
@@ -59,7 +59,7 @@ interface Group {
 }
 
 const COMMON_OPTIONS: Record<string, OptionSpec> = {
-  json: { type: "boolean", help: "print the API's JSON answer as is (for scripts)" },
+  json: { type: "boolean", help: "print the API's JSON answer as is, and errors as JSON on stderr (for scripts)" },
   help: { type: "boolean", help: "show this help" },
 };
 
@@ -106,14 +106,35 @@ function subcommandHelp(group: PeopleCommand, sub: Subcommand<ApiTarget>): strin
 export const PEOPLE_USAGE: string = [
   ...groupUsage("routes"),
   ...groupUsage("vms"),
-  "Every routes/vms command takes --json (the API's answer as is) and --help.",
+  "Every routes/vms command takes --json (the API's answer as is; errors as JSON on stderr) and --help.",
 ].join("\n");
 
-/** Runs `routes …` / `vms …`; returns the process exit code. Never calls process.exit itself. */
+/** An error as --json reports it on stderr: one JSON object, on one line. */
+export interface JsonError {
+  /** The API's own error text when it answered one, else ours. */
+  error: string;
+  /** The HTTP status of the API's answer, when there was one. */
+  status?: number;
+  /** What to do about it (where the key came from, for a 401). */
+  hint?: string;
+}
+
+/**
+ * Runs `routes …` / `vms …`; returns the process exit code (0 done, 1 failed, 2 bad usage). Never
+ * calls process.exit itself. With --json, errors are JsonError on stderr, with the same codes.
+ */
 export async function runPeopleCommand(argv: string[], env: Env, streams: PeopleIo): Promise<number> {
   const io = { out: (line: string) => streams.out(`${line}\n`), err: (line: string) => streams.err(`${line}\n`) };
   const [groupName, subName, ...rest] = argv;
+  // Known before the arguments are parsed, so that even a usage error is JSON for a script.
+  const dashes = argv.indexOf("--");
+  const json = (dashes === -1 ? argv : argv.slice(0, dashes)).includes("--json");
+  const jsonError = (e: JsonError) => io.err(JSON.stringify(e));
   const usageError = (message: string, usage: string[]) => {
+    if (json) {
+      jsonError({ error: message });
+      return 2;
+    }
     io.err(`error: ${message}`);
     io.err("");
     for (const line of usage) io.err(line);
@@ -163,7 +184,6 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     if (!positionals[i]!.trim()) return usageError(`${group} ${sub.name}: <${name}> must not be empty`, usage);
   }
 
-  const json = values.json === true;
   const print = Object.assign(
     (answer: ApiAnswer, lines: () => string[]) => {
       if (json) io.out(answer.text.replace(/\n+$/, ""));
@@ -178,10 +198,13 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
   } catch (err) {
     if (err instanceof UsageError) return usageError(err.message, usage);
     if (err instanceof CliError) {
-      for (const line of `error: ${err.message}`.split("\n")) io.err(line);
+      if (json) jsonError({ error: err.apiError ?? err.message, ...(err.status !== undefined && { status: err.status }), ...(err.hint && { hint: err.hint }) });
+      else for (const line of [`error: ${err.message}`, ...(err.hint ? [err.hint] : [])].join("\n").split("\n")) io.err(line);
       return 1;
     }
-    io.err(`error: unexpected failure: ${(err as Error)?.message ?? String(err)}`);
+    const message = `unexpected failure: ${(err as Error)?.message ?? String(err)}`;
+    if (json) jsonError({ error: message });
+    else io.err(`error: ${message}`);
     return 1;
   }
 }

@@ -3,7 +3,8 @@
  * then what a local `npm start` uses, so commands work in the directory it runs in.
  */
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { addrToUrl, parseAddr } from "../config.ts";
 import type { ApiTarget } from "./http-client.ts";
 
@@ -37,39 +38,71 @@ function urlFromAddr(env: Env, name: string, fallback: string): string {
   return addrToUrl(addr);
 }
 
-/** The generated key `npm start` keeps in `<HATCH_DATA_DIR>/api-key`, or undefined when there is none. */
-function keyFromFile(env: Env): string | undefined {
-  const dir = set(env.HATCH_DATA_DIR) ? env.HATCH_DATA_DIR!.trim() : "./data";
-  try {
-    return readFileSync(join(dir, "api-key"), "utf8").split(/\r?\n/)[0]!.trim() || undefined;
-  } catch {
-    return undefined;
-  }
+/** The repository (or installed package) this CLI belongs to: where `npm start` runs and keeps `data/`. */
+export const PROJECT_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
+/** Where a key file may be, and from where the CLI runs (both injectable for tests). */
+export interface KeyPlaces {
+  cwd: string;
+  projectRoot: string;
 }
+
+/**
+ * The files `npm start` may have written its key to: `<HATCH_DATA_DIR>/api-key`, a relative data
+ * dir (`./data` by default) taken from the current directory and from the project's root, where
+ * `npm start` runs whatever directory it was typed in.
+ */
+export function keyFileCandidates(env: Env, places: KeyPlaces = { cwd: process.cwd(), projectRoot: PROJECT_ROOT }): string[] {
+  const dir = set(env.HATCH_DATA_DIR) ? env.HATCH_DATA_DIR!.trim() : "data";
+  if (isAbsolute(dir)) return [join(dir, "api-key")];
+  return [...new Set([resolve(places.cwd, dir, "api-key"), resolve(places.projectRoot, dir, "api-key")])];
+}
+
+/** The first readable key file among the candidates, with its path. */
+function keyFromFile(candidates: string[]): { key: string; file: string } | undefined {
+  for (const file of candidates) {
+    try {
+      const key = readFileSync(file, "utf8").split(/\r?\n/)[0]!.trim();
+      if (key) return { key, file };
+    } catch {
+      // not there: try the next
+    }
+  }
+  return undefined;
+}
+
+const KEY_HINT = "hint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in <HATCH_DATA_DIR, default data>/api-key)";
 
 /**
  * Route API: --api-url, HATCH_PROXY_URL, else HATCH_HTTP_ADDR (default :8080) on loopback.
  * Key: --api-key, HATCH_PROXY_API_KEY, the first plain key of HATCH_API_KEYS (inside a container
- * configured for the API), else the key file `npm start` wrote.
+ * configured for the API), else the key file `npm start` wrote (keyFileCandidates). A 401 says
+ * which of these the key came from, or every file looked at.
  */
-export function routeApiTarget(env: Env, flags: { "api-url"?: string | undefined; "api-key"?: string | undefined }): ApiTarget {
+export function routeApiTarget(env: Env, flags: { "api-url"?: string | undefined; "api-key"?: string | undefined }, places?: KeyPlaces): ApiTarget {
   const url = set(flags["api-url"])
     ? checkUrl(flags["api-url"]!, "--api-url")
     : set(env.HATCH_PROXY_URL)
       ? checkUrl(env.HATCH_PROXY_URL!, "HATCH_PROXY_URL")
       : urlFromAddr(env, "HATCH_HTTP_ADDR", ":8080");
   const configured = env.HATCH_API_KEYS?.split(",").map((k) => k.trim()).find((k) => k && !k.startsWith("sha256:"));
-  const key = set(flags["api-key"])
-    ? flags["api-key"]!.trim()
-    : set(env.HATCH_PROXY_API_KEY)
-      ? env.HATCH_PROXY_API_KEY!.trim()
-      : (configured ?? keyFromFile(env));
+  let key: string | undefined;
+  let from: string;
+  if (set(flags["api-key"])) [key, from] = [flags["api-key"]!.trim(), "hint: the key was --api-key"];
+  else if (set(env.HATCH_PROXY_API_KEY)) [key, from] = [env.HATCH_PROXY_API_KEY!.trim(), "hint: the key came from HATCH_PROXY_API_KEY"];
+  else if (configured) [key, from] = [configured, "hint: the key came from HATCH_API_KEYS"];
+  else {
+    const candidates = keyFileCandidates(env, places);
+    const found = keyFromFile(candidates);
+    key = found?.key;
+    from = found ? `hint: the key came from ${found.file}` : `hint: no key given, and no key file at ${candidates.join(" or ")}`;
+  }
   return {
     url,
     key,
     name: "route API",
     startHint: "is hatch-proxy running? (npm start)",
-    authHint: "hint: pass --api-key or set HATCH_PROXY_API_KEY (npm start prints its key and keeps it in data/api-key)",
+    authHint: `${from}\n${KEY_HINT}`,
     timeoutMs: 30_000,
   };
 }
