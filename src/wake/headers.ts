@@ -18,6 +18,34 @@ const HOP_BY_HOP = new Set([
 /** Header Traefik adds to prove a request came through it; the VM must never see it. */
 export const WAKE_SECRET_HEADER = "x-hatch-wake-secret";
 
+/**
+ * Headers through which proxies tell an app the client's address, scheme, host, port or path (every
+ * `X-Forwarded-*` too). With nothing trusted in front, a client that sends one is lying to the app:
+ * they are all dropped, and the ones this proxy knows are set from what it saw.
+ */
+const FORWARDING = new Set([
+  "forwarded",
+  "x-real-ip",
+  "x-client-ip",
+  "true-client-ip",
+  "client-ip",
+  "cf-connecting-ip",
+  "fastly-client-ip",
+  "x-cluster-client-ip",
+  "x-original-forwarded-for",
+  "x-originating-ip",
+  "x-remote-ip",
+  "x-remote-addr",
+  "x-proxyuser-ip",
+  "x-envoy-external-address",
+]);
+
+/**
+ * What `Connection` may not name: the VM must get a Host (HTTP/1.1 requires one), and a body
+ * without its Content-Length would reach the VM unframed (its bytes read as a second request).
+ */
+const NOT_REMOVABLE = new Set(["host", "content-length"]);
+
 function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (!value) return undefined;
   // The usual values name only hop-by-hop tokens already dropped: skip building a set per request.
@@ -26,7 +54,7 @@ function connectionTokens(value: string | undefined): Set<string> | undefined {
   const tokens = new Set<string>();
   for (const t of value.split(",")) {
     const name = t.trim().toLowerCase();
-    if (name) tokens.add(name);
+    if (name && !NOT_REMOVABLE.has(name)) tokens.add(name);
   }
   return tokens;
 }
@@ -39,9 +67,10 @@ export interface RequestHeaderOptions {
 }
 
 /**
- * The raw header list to send to the VM: hop-by-hop headers, headers named in `Connection`, the
- * wake secret and `Expect` (this proxy already answered it) removed; `Host` kept; X-Forwarded-For
- * appended with the peer address and X-Forwarded-Proto/Host set unless trusted from upstream.
+ * The raw header list to send to the VM: hop-by-hop headers, headers named in `Connection` (never
+ * Host or Content-Length), the wake secret and `Expect` (this proxy already answered it) removed;
+ * X-Forwarded-For appended with the peer address and X-Forwarded-Proto/Host set unless trusted from
+ * upstream; untrusted, every other forwarding header dropped and X-Real-IP/X-Forwarded-Port set.
  */
 export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeaderOptions): string[] {
   const raw = req.rawHeaders;
@@ -67,6 +96,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
       if (opts.trustForwarded) fwdHost ??= value;
       continue;
     }
+    if (!opts.trustForwarded && (FORWARDING.has(lower) || lower.startsWith("x-forwarded-"))) continue;
     out.push(name, value);
   }
   const peer = clientAddress(req);
@@ -75,6 +105,11 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
   out.push("X-Forwarded-Proto", proto ?? ((req.socket as { encrypted?: boolean }).encrypted ? "https" : "http"));
   const host = fwdHost ?? req.headers.host;
   if (host) out.push("X-Forwarded-Host", host);
+  if (!opts.trustForwarded) {
+    // What Traefik sets in front of the sidecar, from what this proxy saw itself.
+    if (peer) out.push("X-Real-IP", peer);
+    if (req.socket.localPort) out.push("X-Forwarded-Port", String(req.socket.localPort));
+  }
   if (opts.upgrade) out.push("Connection", "Upgrade", "Upgrade", req.headers.upgrade ?? "websocket");
   return out;
 }

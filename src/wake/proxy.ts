@@ -20,7 +20,7 @@ import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
 import { upstreamRequestHeaders, WAKE_SECRET_HEADER } from "./headers.ts";
 import { createHttpResponder } from "./http-responder.ts";
 import type { ProxyContext, Resolved } from "./proxy-context.ts";
-import { createRouteCache, isValidLabel, subdomainOf } from "./resolve.ts";
+import { createRouteCache, isValidLabel, requestHost, subdomainOf } from "./resolve.ts";
 import { createUpgradeResponder } from "./upgrade-responder.ts";
 
 export interface WakeDeps {
@@ -95,7 +95,9 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     } else if (secretHash && !matches(req.headers[WAKE_SECRET_HEADER], secretHash)) {
       return { kind: "fail", failure: { status: 403, error: "missing or invalid X-Hatch-Wake-Secret header" } };
     }
-    const host = subdomainOf(req.headers.host, config.baseDomain);
+    const given = requestHost(req);
+    if (!given.ok) return { kind: "fail", failure: { status: 400, error: given.message } };
+    const host = subdomainOf(given.host, config.baseDomain);
     if (!host.ok) return { kind: "fail", failure: { status: 400, error: host.message } };
     const sub = host.subdomain;
     const noRoute: Resolved = { kind: "fail", failure: { status: 404, error: `no route for subdomain ${JSON.stringify(sub)}` } };

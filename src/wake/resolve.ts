@@ -1,4 +1,5 @@
 /** Host header → subdomain → route, with a short-lived route cache invalidated by NOTIFY. */
+import type { IncomingMessage } from "node:http";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { Database } from "../db/client.ts";
 import { ROUTES_CHANNEL } from "../db/client.ts";
@@ -38,6 +39,33 @@ export function subdomainOf(host: string | undefined, baseDomain: string): HostM
     return { ok: false, message: `host ${JSON.stringify(name)} has more than one label before ${JSON.stringify(baseDomain)}` };
   }
   return { ok: true, subdomain: sub };
+}
+
+/**
+ * The request's one Host header. A request that names its host twice (two Host headers, or an
+ * absolute-form target naming another host) is refused: routing would read one and the VM could
+ * read the other.
+ */
+export function requestHost(req: IncomingMessage): { ok: true; host: string | undefined } | { ok: false; message: string } {
+  let host: string | undefined;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length !== 4 || raw[i]!.toLowerCase() !== "host") continue;
+    if (host !== undefined) return { ok: false, message: "more than one Host header" };
+    host = raw[i + 1]!;
+  }
+  const target = req.url;
+  if (target && !target.startsWith("/") && target !== "*") {
+    let named: string | undefined;
+    try {
+      named = new URL(target).hostname.toLowerCase();
+    } catch {
+      // Not absolute-form either: the path check downstream deals with it.
+    }
+    const own = (host ?? "").trim().toLowerCase().replace(/:\d+$/, "").replace(/\.$/, "");
+    if (named !== undefined && named.replace(/\.$/, "") !== own) return { ok: false, message: "the request target names another host than the Host header" };
+  }
+  return { ok: true, host };
 }
 
 /** True when `sub` could be a stored subdomain (saves a query for garbage). */
