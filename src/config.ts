@@ -18,14 +18,17 @@ export function parseDuration(text: string): number | undefined {
   return Math.round(total);
 }
 
-/** Formats milliseconds the way Go prints durations (`1m30s`, `250ms`). */
+/**
+ * Formats milliseconds in Go's duration syntax the way people write it, without zero units
+ * (`1m`, not Go's `1m0s`; `1m30s`, `2h`, `250ms`): what parseDuration reads back.
+ */
 export function formatDuration(ms: number): string {
   if (ms === 0) return "0s";
   if (ms < 1000) return `${ms}ms`;
   const h = Math.floor(ms / 3_600_000);
   const m = Math.floor((ms % 3_600_000) / 60_000);
   const s = (ms % 60_000) / 1000;
-  return `${h ? `${h}h` : ""}${h || m ? `${m}m` : ""}${s}s`;
+  return `${h ? `${h}h` : ""}${m ? `${m}m` : ""}${s ? `${s}s` : ""}`;
 }
 
 /** Parses `:8080`, `host:8080` or `[::1]:8080`; undefined when malformed. */

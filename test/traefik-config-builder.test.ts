@@ -16,9 +16,13 @@ import { makeSnapshot } from "../src/traefik/config-service.ts";
 import type { Vm, VmState } from "../src/vms/platform.ts";
 
 // shared/ sits beside the repository (also in CI's clone); TRAEFIK_SCHEMA overrides.
+const SCHEMA_URL = "https://json.schemastore.org/traefik-v3-file-provider.json";
 const SCHEMA_PATH =
   process.env.TRAEFIK_SCHEMA ?? fileURLToPath(new URL("../../shared/schemas/traefik-v3-file-provider.json", import.meta.url));
-if (!existsSync(SCHEMA_PATH)) console.warn(`[traefik-config-builder] ${SCHEMA_PATH} not found: the SchemaStore lint is SKIPPED`);
+if (!existsSync(SCHEMA_PATH)) {
+  const where = process.env.TRAEFIK_SCHEMA ? `TRAEFIK_SCHEMA=${process.env.TRAEFIK_SCHEMA}` : "../shared/schemas/traefik-v3-file-provider.json (beside this repository)";
+  console.warn(`[traefik-config-builder] the SchemaStore lint is SKIPPED: no schema at ${where}. Save ${SCHEMA_URL} there, or set TRAEFIK_SCHEMA to a copy.`);
+}
 // The SchemaStore schema is a lint, used only where it exists; the real-Traefik suite is the authority.
 const validate = existsSync(SCHEMA_PATH) ? new Ajv({ strict: false, allErrors: true }).compile(withV36Fields(JSON.parse(readFileSync(SCHEMA_PATH, "utf8")))) : undefined;
 
