@@ -13,6 +13,7 @@ import { MigrationGate } from "../db/migrations.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
+import { servesPort } from "../vms/simulator/guest-ports.ts";
 import type { SleepWatch } from "../lifecycle/sleep-watch.ts";
 import { createConfigAssembler } from "./config-assembler.ts";
 import { routeObjectName, routeRouterNames, type RouteLike, type TraefikSettings } from "./config-builder.ts";
@@ -232,7 +233,9 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     for (const [id, vm] of vms) {
       if (vm.state !== "running" || asleep?.has(id)) continue;
       const list = byVm.get(id);
-      if (list) for (const r of list) routes.push(r);
+      // A port a simulated VM does not serve belongs to the host: such a route gets no direct
+      // router, and the sidecar answers it as a closed port.
+      if (list) for (const r of list) if (servesPort(vm, r.targetPort)) routes.push(r);
     }
     // Same bytes as JSON.stringify(buildDynamicConfig(...)), re-serializing only changed routes.
     const { json, routers } = assembler.assemble(routes, vms);

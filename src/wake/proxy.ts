@@ -17,6 +17,7 @@ import { listen, type Listening } from "../listen.ts";
 import type { Logger } from "../log.ts";
 import { FALLBACK_PATH } from "../traefik/config-builder.ts";
 import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
+import { servesPort } from "../vms/simulator/guest-ports.ts";
 import { upstreamRequestHeaders, WAKE_SECRET_HEADER } from "./headers.ts";
 import { createHttpResponder } from "./http-responder.ts";
 import type { ProxyContext, Resolved } from "./proxy-context.ts";
@@ -121,6 +122,8 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
       }
     }
     if (!vm) return { kind: "fail", failure: { status: 502, error: "vm not found" } };
+    // A simulated VM lives on a host loopback address: a port it does not serve is the host's.
+    if (!servesPort(vm, route.targetPort)) return { kind: "fail", failure: { status: 502, error: `vm port ${route.targetPort} refused the connection` } };
     return { kind: "routed", route, vm, subdomain: sub, fallback: fallbackPath !== undefined };
   }
 
