@@ -7,7 +7,7 @@ import { rmSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { traefikBinary } from "./helpers/env.ts";
-import { killTraefiks, startProduct, waitFor, type Product } from "./helpers/front.ts";
+import { killTraefiks, startProduct, traefikPids, waitFor, type Product } from "./helpers/front.ts";
 
 const BUDGET_MS = 5000;
 
@@ -66,5 +66,23 @@ describe.each(modes)("Ctrl-C with %s", (_name, env, ipPrefix) => {
     const lines = p.logLines();
     expect(lines.find((l) => l.msg === "stopped")).toBeDefined();
     killTraefiks(p.dir);
+  }, 60_000);
+});
+
+describe.skipIf(!bin)("a second Ctrl-C", () => {
+  it("exits at once and takes the Traefik along (a forced exit leaves nothing behind)", async () => {
+    const p = await startProduct({ ipPrefix: "127.0.146", env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! } });
+    try {
+      expect(traefikPids(p.dir)).toHaveLength(1);
+      p.child.kill("SIGINT");
+      await waitFor(() => p.output().includes('"msg":"stopping'), "the shutdown to begin", BUDGET_MS, 2);
+      p.child.kill("SIGINT");
+      expect(await p.exited).toBe(130);
+      await waitFor(() => traefikPids(p.dir).length === 0, "its Traefik to be gone", 2000);
+    } finally {
+      p.child.kill("SIGKILL");
+      killTraefiks(p.dir);
+      rmSync(p.dir, { recursive: true, force: true });
+    }
   }, 60_000);
 });
