@@ -59,6 +59,7 @@ describe.skipIf(!chromium)(`the waking page in Chromium, through ${traefik ? "Tr
 
   /** Opens `url` and follows what the tab shows until the app's answer is there; what it saw on the way. */
   async function visit(url: string) {
+    const started = performance.now();
     await browser.page.send("Page.navigate", { url });
     const seen = new Set<string>();
     let last: { href: string; title: string; text: string } | undefined;
@@ -70,6 +71,7 @@ describe.skipIf(!chromium)(`the waking page in Chromium, through ${traefik ? "Tr
     await waitFor(look, "the app to show in the tab", 20_000, 50).catch((err: Error) => {
       throw new Error(`${err.message}; the tab shows ${JSON.stringify(last)}`);
     });
+    console.info(`[browser-waking-page] ${url}: the app after ${Math.round(performance.now() - started)} ms, the waking page seen in ${seen.size} states (its clock ticks)`);
     return { final: last!, waking: [...seen] };
   }
 

@@ -72,6 +72,7 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
       return { status: res.status, body: (await res.json()) as { checks: Record<string, string> } };
     };
     expect((await readyz()).status).toBe(200);
+    const killed = performance.now();
     process.kill(pid!, "SIGKILL");
     // Red at once (its ping fails before the exit is seen), then saying what happened.
     const down: string[] = [];
@@ -83,6 +84,7 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     }, "/readyz to name the exit", 3000, 20);
     expect(down.filter((d) => d === "ready")).toEqual([]);
     await waitFor(async () => (await readyz()).status === 200, "/readyz to recover", 15_000);
+    console.info(`[front-supervise] Traefik killed: /readyz ready again after ${Math.round(performance.now() - killed)} ms (${down.length} red answers on the way)`);
     expect(traefikPids(dir)).toHaveLength(1);
     expect(traefikPids(dir)[0]).not.toBe(pid);
     expect((await viaProxy(p, "svapp", "/hello")).status).toBe(200);
