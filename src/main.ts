@@ -121,23 +121,18 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   // Traefik and the sidecar are both ours here, so they can share a fresh secret.
   if (traefikBin && !config.wakeSecret) config = { ...config, wakeSecret: randomBytes(24).toString("base64url") };
   let traefik: TraefikSupervisor | undefined;
-  // Mutable: the fronts are built with the stack, Traefik may move its port or fail to start later.
-  let traefikApiUrl: string | undefined;
-  const fronts = () => config.traefikApiUrls.filter((u) => u !== traefikApiUrl);
+  // The fronts are built with the stack; our Traefik may move its port or fail to start later.
+  const otherFronts = config.traefikApiUrls;
   let stack: Stack | undefined;
   if (traefikBin) {
     traefik = new TraefikSupervisor({
       bin: traefikBin,
       config,
       log: log.child({ component: "traefik" }),
-      onApiUrl: (url) => {
-        traefikApiUrl = url;
-        stack?.fronts?.setUrls([...fronts(), url]);
-      },
+      onApiUrl: (url) => stack?.fronts?.setUrls([...otherFronts, url]),
     });
     // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
-    traefikApiUrl = await traefik.prepare();
-    config = { ...config, traefikApiUrls: [...config.traefikApiUrls, traefikApiUrl] };
+    config = { ...config, traefikApiUrls: [...otherFronts, await traefik.prepare()] };
   }
   let frontCheck: () => Promise<string | undefined> = async () => (traefik ? traefik.notReadyReason() : undefined);
   stack = await startStack(config, log, {
@@ -169,7 +164,7 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   }
   if (!traefik) {
     // Nothing routes around the proxy: no Traefik to read or to wait for.
-    stack.fronts?.setUrls(fronts());
+    stack.fronts?.setUrls(otherFronts);
     frontCheck = async () => undefined;
     await addEmbeddedProxy(stack);
   }

@@ -4,6 +4,7 @@
  * until the next start replaces it. VMs live in a separate simulator process, as real VMs would.
  */
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -91,11 +92,42 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     const lines = p.logLines();
     expect(lines.find((l) => l.msg === "traefik exited; restarting")).toMatchObject({ level: "error", signal: "SIGKILL", restart: 1 });
     expect(lines.find((l) => l.msg === "traefik restarted")).toMatchObject({ level: "info", restart: 1 });
+  }, 30_000);
+
+  it("moves Traefik to a free port when its own was taken while it was down, and the sleeper follows", async () => {
+    const p = product!;
+    const before = p.traefikApi()!;
+    const [pid] = traefikPids(dir);
+    // Something else listens on the port the moment Traefik is gone (and never answers).
+    const squatter = createServer(() => {});
+    process.kill(pid!, "SIGKILL");
+    await waitFor(
+      () =>
+        new Promise<boolean>((resolve) => {
+          squatter.once("error", () => resolve(false));
+          squatter.listen(Number(new URL(before).port), "127.0.0.1", () => resolve(true));
+        }),
+      "the old port to be free",
+      3000,
+      5,
+    );
+    try {
+      await waitFor(async () => (await fetch(`${p.apiUrl}/readyz`)).status === 200, "/readyz to recover", 15_000);
+      const after = p.traefikApi()!;
+      expect(after).not.toBe(before);
+      expect(p.logLines().find((l) => l.msg === "traefik's loopback port is taken by another process; moved")).toMatchObject({ from: before, to: after });
+      // A sleep is confirmed through Traefik's API: it must ask the Traefik at the new port.
+      const sleep = await fetch(`${p.apiUrl}/vms/${vmId}/sleep`, { method: "POST", headers: { authorization: `Bearer ${p.key()}` } });
+      expect(sleep.status, await sleep.clone().text()).toBe(200);
+      expect(await viaProxy(p, "svapp", "/woken")).toMatchObject({ status: 200 });
+    } finally {
+      squatter.close();
+    }
 
     // A normal stop takes its Traefik along.
     await stopProcess(p.child);
     expect(await p.exited).toBe(0);
     product = undefined;
     expect(traefikPids(dir)).toEqual([]);
-  }, 30_000);
+  }, 45_000);
 });

@@ -22,8 +22,8 @@ export interface TraefikSupervisorOptions {
   bin: string;
   config: Config;
   log: Logger;
-  /** Told the new API/metrics URL when a restart had to move Traefik's loopback entry point. */
-  onApiUrl?: (url: string, previous: string) => void;
+  /** Told the new API/metrics URL when Traefik's loopback entry point had to move to another port. */
+  onApiUrl?: (url: string) => void;
   /** Longest wait for one start, until Traefik routes with our config. Default 15 s. */
   startTimeoutMs?: number;
   /** Pause before the first restart, doubled after each failed one up to `max`. Default 500 ms / 30 s. */
@@ -270,7 +270,7 @@ export class TraefikSupervisor {
     this.port = await freeLoopbackPort(0);
     this.writeFiles();
     this.opts.log.warn("traefik's loopback port is taken by another process; moved", { from: previous, to: this.apiUrl });
-    this.opts.onApiUrl?.(this.apiUrl, previous);
+    this.opts.onApiUrl?.(this.apiUrl);
   }
 
   /** A Traefik started from our static config by an earlier run that did not stop it (a crash). */
