@@ -134,9 +134,10 @@ export class TraefikSupervisor {
   async stop(): Promise<void> {
     this.state = "stopping";
     clearTimeout(this.restartTimer);
-    await this.restarting?.catch(() => {});
     const child = this.child;
     if (child) await stopChild(child, this.stopTimeoutMs);
+    // A restart under way has just lost its child, or sees the state before spawning one: quick.
+    await this.restarting?.catch(() => {});
     rmSync(this.files.pid, { force: true });
     this.state = "stopped";
   }
@@ -169,6 +170,7 @@ export class TraefikSupervisor {
 
   /** Spawns Traefik and waits until it routes with our config; on failure it is stopped again. */
   private async launch(): Promise<void> {
+    if (this.state === "stopping" || this.state === "stopped") throw new Error("traefik is being stopped");
     const logFd = openSync(this.files.log, "a");
     let child: ChildProcess;
     try {
@@ -186,6 +188,8 @@ export class TraefikSupervisor {
     exited.catch(() => {});
     try {
       await Promise.race([this.waitUntilOurs(child), exited]);
+      // Its exit may have come with the last answer; onExit below would never hear of it.
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`traefik exited while starting; see ${this.files.log}`);
     } catch (err) {
       await stopChild(child, this.stopTimeoutMs);
       throw err;
