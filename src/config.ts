@@ -147,6 +147,7 @@ export const ENV_VARS = {
   HATCH_WAKE_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the wake sidecar. Default: derived from HATCH_WAKE_ADDR." },
   HATCH_WAKE_SECRET: { default: undefined, schema: nonEmpty, doc: "Shared secret Traefik adds (X-Hatch-Wake-Secret) and the sidecar requires." },
   HATCH_WAKE_MAX_BODY: { default: "10MiB", schema: bytes, doc: "Largest request body held while a VM wakes (larger → 413)." },
+  HATCH_WAKE_MAX_BUFFERED: { default: "64MiB", schema: bytes, doc: "Most request-body bytes one process holds in memory for all waking VMs together (more → 503 with Retry-After); at least HATCH_WAKE_MAX_BODY." },
   HATCH_WAKE_MAX_WAITERS: { default: "1000", schema: intIn(1, 1_000_000), doc: "Most requests held per waking VM (more → 503 with Retry-After)." },
   HATCH_WAKE_PAGE_AFTER: { default: "1s", schema: duration, doc: "Browsers still waiting after this get a self-refreshing 'waking' page; 0 = never." },
   HATCH_IDLE_TIMEOUT: { default: "10m", schema: duration, doc: "A running VM with routes and no activity for this long is put to sleep; 0 = never." },
@@ -187,6 +188,7 @@ export interface Config {
   wakeUrl: string;
   wakeSecret: string | undefined;
   wakeMaxBody: number;
+  wakeMaxBuffered: number;
   wakeMaxWaiters: number;
   wakePageAfterMs: number;
   idleTimeoutMs: number;
@@ -249,6 +251,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push(`${name}=${shown}: expected ${r.issues[0]?.message ?? "a valid value"}`);
     }
   }
+  // A body the per-body cap allows must fit the process-wide one, or it could never be held.
+  const maxBody = out.HATCH_WAKE_MAX_BODY as number | undefined;
+  const maxBuffered = out.HATCH_WAKE_MAX_BUFFERED as number | undefined;
+  if (maxBody !== undefined && maxBuffered !== undefined && maxBuffered < maxBody) {
+    problems.push(`HATCH_WAKE_MAX_BUFFERED=${JSON.stringify(env.HATCH_WAKE_MAX_BUFFERED || ENV_VARS.HATCH_WAKE_MAX_BUFFERED.default)}: expected at least HATCH_WAKE_MAX_BODY (${env.HATCH_WAKE_MAX_BODY || ENV_VARS.HATCH_WAKE_MAX_BODY.default})`);
+  }
   if (problems.length) throw new ConfigError(problems);
   const get = <K extends keyof Vars>(k: K) => out[k] as Parsed<K>;
   const wakeAddr = get("HATCH_WAKE_ADDR") as ListenAddr;
@@ -277,6 +285,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     wakeUrl: (out.HATCH_WAKE_URL as string | undefined) ?? addrToUrl(wakeAddr),
     wakeSecret: out.HATCH_WAKE_SECRET as string | undefined,
     wakeMaxBody: get("HATCH_WAKE_MAX_BODY") as number,
+    wakeMaxBuffered: get("HATCH_WAKE_MAX_BUFFERED") as number,
     wakeMaxWaiters: get("HATCH_WAKE_MAX_WAITERS") as number,
     wakePageAfterMs: get("HATCH_WAKE_PAGE_AFTER") as number,
     idleTimeoutMs: get("HATCH_IDLE_TIMEOUT") as number,

@@ -15,7 +15,7 @@ import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
 import type { Logger } from "../log.ts";
 import { PlatformUnavailableError, SLEEPING_STATES, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
-import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError } from "../wake/body.ts";
+import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError, HeldBytes } from "../wake/body.ts";
 import type { WakeMetrics, WakeOutcome } from "../wake/metrics.ts";
 import { ReadyTimeoutError, waitForPort } from "../wake/ready.ts";
 import { HoldCounter, SingleFlight, type Flight } from "../wake/single-flight.ts";
@@ -71,8 +71,12 @@ export class VmLifecycle {
   private readonly history = new WakeHistory();
   private closed = false;
 
+  /** Request bodies held in memory while their VMs wake, under one ceiling per process. */
+  readonly heldBodies: HeldBytes;
+
   constructor(private readonly deps: LifecycleDeps) {
     this.holds = new HoldCounter(deps.config.wakeMaxWaiters, (n) => deps.metrics.waiters(n));
+    this.heldBodies = new HeldBytes(deps.config.wakeMaxBuffered, deps.metrics.registry);
     this.timeoutText = `vm did not become ready within ${formatDuration(deps.config.wakeTimeoutMs)} (HATCH_PROXY_WAKE_TIMEOUT)`;
   }
 

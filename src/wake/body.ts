@@ -1,5 +1,7 @@
 /** Buffers the body of a request that must wait for its VM, so it can be replayed once the VM is up. */
 import type { IncomingMessage } from "node:http";
+import { Gauge, type Registry } from "prom-client";
+import { FailureError } from "../lifecycle/failure.ts";
 
 /** The body is larger than the cap: answer 413 before anything is lost. */
 export class BodyTooLargeError extends Error {
@@ -14,6 +16,75 @@ export class ClientGoneError extends Error {
   constructor() {
     super("client closed the connection");
     this.name = "ClientGoneError";
+  }
+}
+
+/**
+ * The bytes of request bodies one process holds in memory while their VMs wake, across all VMs and
+ * both proxies: without a ceiling, a thousand held 10 MiB bodies per VM is what the per-body and
+ * per-VM caps allow, unauthenticated.
+ */
+export class HeldBytes {
+  private used = 0;
+
+  constructor(
+    readonly limit: number,
+    registry?: Registry,
+  ) {
+    if (registry && !registry.getSingleMetric("hatch_wake_held_body_bytes")) {
+      const held = this;
+      new Gauge({
+        name: "hatch_wake_held_body_bytes",
+        help: "Request-body bytes held in memory while VMs wake (ceiling: HATCH_WAKE_MAX_BUFFERED).",
+        registers: [registry],
+        collect() {
+          this.set(held.used);
+        },
+      });
+    }
+  }
+
+  /** Bytes held now. */
+  get inUse(): number {
+    return this.used;
+  }
+
+  /** One request's share: taken as its body arrives, all given back by release() (idempotent). */
+  lease(): HeldLease {
+    let mine = 0;
+    return {
+      limit: this.limit,
+      take: (n) => {
+        if (this.used + n > this.limit) return false;
+        this.used += n;
+        mine += n;
+        return true;
+      },
+      release: () => {
+        this.used -= mine;
+        mine = 0;
+      },
+    };
+  }
+}
+
+export interface HeldLease {
+  /** The process's ceiling (HATCH_WAKE_MAX_BUFFERED). */
+  readonly limit: number;
+  /** Takes `n` more bytes; false (nothing taken) when the process's ceiling would be passed. */
+  take(n: number): boolean;
+  release(): void;
+}
+
+/** The process holds as many body bytes as HATCH_WAKE_MAX_BUFFERED allows: a 503 to retry. */
+export class HeldBytesFullError extends FailureError {
+  constructor(limit: number) {
+    super({
+      status: 503,
+      error: `too many request bodies held while VMs wake (HATCH_WAKE_MAX_BUFFERED=${formatBytes(limit)}): try again shortly`,
+      headers: { "retry-after": "2" },
+    });
+    this.name = "HeldBytesFullError";
   }
 }
 
@@ -33,9 +104,11 @@ export function hasNoBody(req: IncomingMessage): boolean {
 
 /**
  * Reads the whole request body into memory, counting as it goes (chunked bodies have no declared
- * size), and rejects with BodyTooLargeError as soon as it passes `maxBytes`.
+ * size), and rejects with BodyTooLargeError as soon as it passes `maxBytes`. With a `lease`, every
+ * chunk is also taken from the process's ceiling (rejecting with HeldBytesFullError past it); a
+ * caller that took a declared length up front passes none.
  */
-export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, maxBytes: number, lease?: HeldLease): Promise<Buffer> {
   if (req.readableEnded || hasNoBody(req)) return Promise.resolve(EMPTY);
   const declared = declaredLength(req);
   if (declared !== undefined && declared > maxBytes) return Promise.reject(new BodyTooLargeError(maxBytes));
@@ -51,12 +124,14 @@ export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > maxBytes) {
+      const full = size <= maxBytes && lease !== undefined && !lease.take(chunk.length);
+      if (size > maxBytes || full) {
         cleanup();
-        // Stop reading: the rest is discarded by the server once the 413 is sent.
+        // Stop reading: the rest is discarded by the server once the answer is sent.
         req.pause();
         chunks.length = 0;
-        reject(new BodyTooLargeError(maxBytes));
+        lease?.release();
+        reject(full ? new HeldBytesFullError(lease.limit) : new BodyTooLargeError(maxBytes));
         return;
       }
       chunks.push(chunk);

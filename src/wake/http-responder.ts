@@ -6,7 +6,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Failure } from "../lifecycle/failure.ts";
 import type { Vm } from "../vms/platform.ts";
-import { bodyTooLargeMessage, declaredLength, hasNoBody, readBody } from "./body.ts";
+import { bodyTooLargeMessage, declaredLength, hasNoBody, HeldBytesFullError, readBody } from "./body.ts";
 import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
 import { WAKING_PAGE_HEADERS, wakingPage, wantsWakingPage } from "./page.ts";
 import {
@@ -84,7 +84,19 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     if (declared !== undefined && declared > config.wakeMaxBody) {
       return sendTooLarge(req, res, { status: 413, error: bodyTooLargeMessage(config.wakeMaxBody) });
     }
-    const body = hasNoBody(req) ? undefined : readBody(req, config.wakeMaxBody);
+    // The body's bytes count against the process's ceiling until the answer is done; a declared
+    // length is taken whole before anything is read or any wake starts.
+    if (res.destroyed) {
+      // Left while the route was resolved: nothing to hold, and 'close' will not fire again.
+      metrics.request(CLIENT_GONE);
+      return;
+    }
+    const lease = lifecycle.heldBodies.lease();
+    res.once("close", lease.release);
+    if (declared !== undefined && declared > 0 && !lease.take(declared)) {
+      return sendTooLarge(req, res, new HeldBytesFullError(lease.limit).failure);
+    }
+    const body = hasNoBody(req) ? undefined : readBody(req, config.wakeMaxBody, declared === undefined ? lease : undefined);
     body?.catch(() => {});
     // A fallback's answer is always shown as a 307 (Traefik rewrites its status): no waking page.
     const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) && !d.fallback ? config.wakePageAfterMs : 0;
@@ -111,6 +123,8 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
         return sendPage(res, d, pageAfter);
       case "failure":
         if (o.failure.status === 413) return sendTooLarge(req, res, o.failure);
+        // Refused while the client is still uploading (the bodies' ceiling): answered, then the rest discarded.
+        if (body !== undefined && !req.readableEnded) return sendTooLarge(req, res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
         return sendFailure(res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
       case "ready":
         if (d.fallback) return sendRetry(res, req.url ?? "/", waitStart);
@@ -168,18 +182,19 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
   }
 
   /**
-   * 413 while the client may still be uploading: the answer goes out at once, the rest of the body
-   * is read and discarded (bounded in time), and only then is the connection closed, so the
-   * client's kernel does not reset it and lose the answer.
+   * A refusal (413, or 503 when the process holds too many bodies) while the client may still be
+   * uploading: the answer goes out at once, the rest of the body is read and discarded (bounded in
+   * time), and only then is the connection closed, so the client's kernel does not reset it and
+   * lose the answer.
    */
   function sendTooLarge(req: IncomingMessage, res: ServerResponse, f: Failure): void {
-    metrics.request(413);
+    metrics.request(f.status);
     if (res.headersSent) {
       res.destroy();
       return;
     }
-    const text = JSON.stringify({ error: f.error });
-    res.writeHead(413, { "content-type": "application/json", "content-length": Buffer.byteLength(text), connection: "close" });
+    const text = failureBody(f);
+    res.writeHead(f.status, { ...f.headers, "content-type": "application/json", "content-length": Buffer.byteLength(text), connection: "close" });
     res.write(text);
     const end = () => {
       clearTimeout(timer);
