@@ -118,8 +118,12 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   if (!traefikBin && config.proxyFront === "traefik") {
     throw new Error(`HATCH_PROXY_FRONT=traefik but no Traefik binary was found${config.traefikBin ? ` (TRAEFIK_BIN=${config.traefikBin} is not executable)` : " (set TRAEFIK_BIN, put traefik on PATH, or run `bash scripts/traefik.sh`)"}`);
   }
-  // Traefik and the sidecar are both ours here, so they can share a fresh secret.
+  // Traefik, the sidecar and the API are all ours here, so they can share a fresh wake secret, and a
+  // provider token that keeps the config (which carries that secret) from other local users: without
+  // one, /traefik/config answers any loopback client. Both stay in memory and in the mode-600 traefik.yml.
   if (traefikBin && !config.wakeSecret) config = { ...config, wakeSecret: randomBytes(24).toString("base64url") };
+  const tokenFile = traefikBin && !config.traefikToken ? join(config.dataDir, "traefik.yml") : undefined;
+  if (tokenFile) config = { ...config, traefikToken: randomBytes(24).toString("base64url") };
   let traefik: TraefikSupervisor | undefined;
   // The fronts are built with the stack; our Traefik may move its port or fail to start later.
   const otherFronts = config.traefikApiUrls;
@@ -168,7 +172,7 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
     frontCheck = async () => undefined;
     await addEmbeddedProxy(stack);
   }
-  await printBanner(stack, config, front, traefik?.apiUrl);
+  await printBanner(stack, config, front, traefik?.apiUrl, traefik ? tokenFile : undefined);
   const t = traefik;
   const s = stack;
   return { stop: () => s.close(), kill: () => t?.kill() };
@@ -183,7 +187,7 @@ async function freeExampleSubdomain(stack: Stack): Promise<string> {
   return "myapp-new";
 }
 
-async function printBanner(stack: Stack, config: Config, front: string, traefikApi?: string): Promise<void> {
+async function printBanner(stack: Stack, config: Config, front: string, traefikApi?: string, tokenFile?: string): Promise<void> {
   const proxyPort = config.proxyAddr.port;
   const api = stack.api!.url;
   const sim = stack.simApi?.url ?? config.hatchApiUrl ?? "";
@@ -194,7 +198,7 @@ async function printBanner(stack: Stack, config: Config, front: string, traefikA
     `hatch-proxy ${VERSION} is running`,
     `  proxy       http://<subdomain>.${config.baseDomain}:${proxyPort}  via ${front}`,
     ...(traefikApi ? [`  traefik     ping, metrics and router pages at ${traefikApi} (log: ${join(config.dataDir, "traefik.log")})`] : []),
-    `  route API   ${api}  (OpenAPI: ${api}/openapi.json, Traefik config: ${api}/traefik/config)`,
+    `  route API   ${api}  (OpenAPI: ${api}/openapi.json, Traefik config: ${api}/traefik/config${tokenFile ? `, its bearer token in ${tokenFile}` : ""})`,
     ...(stack.wake ? [`  wake        ${stack.wake.url}`] : []),
     `  database    ${describeDatabase(config)}`,
     `  VMs         ${stack.simulator ? `built-in simulator, API at ${sim}` : `Hatch at ${config.hatchApiUrl}`}`,

@@ -3,7 +3,7 @@
  * for its own (a fixed loopback port made the second one's start-up check pass against the first's
  * Traefik while its own had exited). And what each Traefik shows on its loopback entry point.
  */
-import { readFileSync, rmSync } from "node:fs";
+import { readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
@@ -59,7 +59,7 @@ describe.skipIf(!bin)("two npm starts on one machine", () => {
     expect((await viaProxy(a, "second", "/who")).status).toBe(404);
   }, 30_000);
 
-  it("serves only router and service pages of Traefik's API: the wake secret is not readable there", async () => {
+  it("shows the wake secret to no other local user: Traefik's API serves only router and service pages, the config needs a token", async () => {
     for (const p of products) {
       const api = p.traefikApi()!;
       const staticConfig = parse(readFileSync(join(p.dir, "data/traefik.yml"), "utf8"));
@@ -69,6 +69,10 @@ describe.skipIf(!bin)("two npm starts on one machine", () => {
       }
       expect((await fetch(`${api}/api/http/routers/hatch-wake@http`)).status).toBe(200);
       expect((await fetch(`${api}/metrics`)).status).toBe(200);
+      // Nor from the config Traefik polls: npm start gives its Traefik a token, in a file only its user reads.
+      expect((await fetch(`${p.apiUrl}/traefik/config`)).status).toBe(401);
+      expect(statSync(join(p.dir, "data/traefik.yml")).mode & 0o077).toBe(0);
+      expect(staticConfig.providers.http.headers.Authorization).toMatch(/^Bearer \S{20,}$/);
     }
   });
 });
