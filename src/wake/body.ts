@@ -114,6 +114,9 @@ export function readBody(req: IncomingMessage, maxBytes: number, lease?: HeldLea
   if (declared !== undefined && declared > maxBytes) return Promise.reject(new BodyTooLargeError(maxBytes));
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [];
+    // A declared body is copied into one buffer of its size as it arrives: holding the chunks and
+    // then concatenating them would need twice its size at the end.
+    const whole = declared !== undefined && declared > 0 ? Buffer.allocUnsafe(declared) : undefined;
     let size = 0;
     const cleanup = () => {
       req.off("data", onData);
@@ -134,11 +137,13 @@ export function readBody(req: IncomingMessage, maxBytes: number, lease?: HeldLea
         reject(full ? new HeldBytesFullError(lease.limit) : new BodyTooLargeError(maxBytes));
         return;
       }
-      chunks.push(chunk);
+      if (!whole) chunks.push(chunk);
+      else if (size <= whole.length) chunk.copy(whole, size - chunk.length);
     };
     const onEnd = () => {
       cleanup();
-      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      if (whole) resolve(size === whole.length ? whole : whole.subarray(0, Math.min(size, whole.length)));
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     };
     const onGone = () => {
       cleanup();
