@@ -79,6 +79,8 @@ export async function launchChromium(bin: string): Promise<Browser> {
     ws.once("open", () => resolve());
     ws.once("error", reject);
   });
+  // Chromium going away (close(), or a crash the next command reports) is not an error of its own.
+  ws.on("error", () => {});
   let nextId = 1;
   const pending = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>();
   ws.on("message", (data) => {
