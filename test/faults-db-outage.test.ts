@@ -4,6 +4,7 @@
  * failed) and heals by itself; a pooled connection that died with the server fails a read only
  * once, invisibly (it is retried), while a write is never sent twice.
  */
+import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { createApp } from "../src/api/app.ts";
 import { createStaticKeyAuth } from "../src/api/auth.ts";
@@ -121,6 +122,26 @@ describe.runIf(await postgresEnabled())("database outages through a broken TCP p
     }
     expect((await app.request("/readyz")).status).toBe(200);
     console.log(`[faults] black hole: answers in ${answers.map((a) => Math.round(a.ms)).join("/")} ms, /readyz in ${Math.round(ready.ms)} ms, recovered ${Math.round(recoveryMs)} ms after healing`);
+  });
+
+  it("a lock whose session dies while held (backend terminated): the holder finishes, the process survives, the next lock is taken", async () => {
+    const admin = postgres(ADMIN_PG_URL, { max: 1, onnotice: () => {} });
+    const name = new URL(t.url!).pathname.slice(1);
+    try {
+      for (let i = 0; i < 5; i++) {
+        const got = await database.withLock("faults-lock", 2000, async () => {
+          await admin.unsafe(`select pg_terminate_backend(pid) from pg_stat_activity where datname = '${name}' and pid <> pg_backend_pid()`);
+          await new Promise((r) => setTimeout(r, 50));
+          return "held";
+        });
+        expect(got).toBe("held");
+      }
+      expect(await database.withLock("faults-lock", 2000, async () => "again")).toBe("again");
+      // A write the driver would have buffered for a dead connection must not bring the process down later.
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      await admin.end({ timeout: 2 });
+    }
   });
 
   it.each(["reset", "close"] as const)("a pooled connection the server forgot (%s on next use): reads retried once and succeed, a write fails cleanly and is not sent twice", async (how) => {

@@ -88,7 +88,7 @@ export async function openDatabase(opts: OpenOptions): Promise<Database> {
 }
 
 /** The postgres.js client as drizzle sees it: every statement under the deadline, reads retried once. */
-function guardedClient(client: Sql, deadlineMs: number, onStale: () => void): Sql {
+function guardedClient(client: Sql, deadlineMs: number, onStale: () => Promise<void>): Sql {
   return new Proxy(client, {
     get(target, prop, receiver) {
       if (prop !== "unsafe") return Reflect.get(target, prop, receiver);
@@ -115,7 +115,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
   const queryTimeoutMs = opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS;
   const deadlineMs = queryTimeoutMs + DEADLINE_MARGIN_MS;
   const dialer = watchedDialer(deadlineMs);
-  const onStale = () => void dialer.recycleIdle();
+  const onStale = () => dialer.recycleIdle();
   const client = postgres(url, {
     max: opts.max ?? 10,
     onnotice: () => {},
@@ -145,29 +145,40 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
     db,
     async withLock(name, timeoutMs, fn) {
       const key = lockKey(name).toString();
-      // A reserved connection holds the session lock for exactly the duration of fn. Waiting for one
-      // counts against the lock's timeout (every connection may be stuck); one handed over too late
-      // goes back to the pool.
-      const conn = await withDeadline(client.reserve(), Math.max(1, timeoutMs), "a database connection for a lock", (late) => late.release()).catch(
-        (err: unknown) => {
-          throw err instanceof DatabaseTimeoutError ? new LockTimeoutError(name) : err;
-        },
-      );
+      // A session of its own holds the lock for exactly the duration of fn. Not a connection
+      // reserved from the pool: postgres.js writes to a reserved connection even after its backend
+      // died, which throws from a timer and takes the process down (porsager/postgres#1208). A
+      // plain client reconnects instead, and `lost` keeps the unlock off a new session.
+      let lost = false;
+      const session = postgres(url, {
+        max: 1,
+        onnotice: () => {},
+        connect_timeout: connectTimeoutMs / 1000,
+        socket: dialer.dial,
+        onclose: () => void (lost = true),
+      } as Options<{}>);
       try {
         const deadline = Date.now() + timeoutMs;
-        for (;;) {
-          const [row] = await conn`select pg_try_advisory_lock(${key}::bigint) as ok`;
-          if (row?.ok) break;
-          if (Date.now() >= deadline) throw new LockTimeoutError(name);
-          await new Promise((r) => setTimeout(r, 25));
-        }
+        const acquire = async () => {
+          for (;;) {
+            const [row] = await session`select pg_try_advisory_lock(${key}::bigint) as ok`;
+            if (row?.ok) return;
+            if (Date.now() >= deadline) throw new LockTimeoutError(name);
+            await new Promise((r) => setTimeout(r, 25));
+          }
+        };
+        // Waiting for the session counts against the lock's timeout (the database may not answer).
+        await withDeadline(acquire(), Math.max(1, timeoutMs), "a database lock").catch((err: unknown) => {
+          throw err instanceof DatabaseTimeoutError ? new LockTimeoutError(name) : err;
+        });
         try {
           return await fn();
         } finally {
-          await conn`select pg_advisory_unlock(${key}::bigint)`.catch(() => {});
+          // A lost session took the lock with it.
+          if (!lost) await withDeadline(session`select pg_advisory_unlock(${key}::bigint)`, deadlineMs, "an unlock").catch(() => {});
         }
       } finally {
-        conn.release();
+        await session.end({ timeout: 1 }).catch(() => {});
       }
     },
     async notify(channel, payload) {

@@ -35,11 +35,12 @@ interface DialOptions {
 export interface WatchedDialer {
   dial(o: DialOptions): Socket;
   /**
-   * Closes every connection that is idle now. Once one pooled connection turned out to be left over
+   * Closes every connection that is idle. Once one pooled connection turned out to be left over
    * from before a database restart, the other idle ones are too: closed, the pool dials fresh ones
-   * instead of failing a request on each. Busy connections are left alone.
+   * instead of failing a request on each. Busy connections are left alone. Resolves once the pool
+   * has seen them close (so a retry cannot be handed one of them).
    */
-  recycleIdle(): number;
+  recycleIdle(): Promise<void>;
 }
 
 /**
@@ -68,13 +69,25 @@ export function watchedDialer(stallMs: number): WatchedDialer {
       return socket;
     },
     recycleIdle() {
-      let n = 0;
-      for (const [socket, w] of watched) {
-        if (!w.idle()) continue;
-        socket.destroy();
-        n += 1;
-      }
-      return n;
+      // On the next turn: a query handed to a connection in this one has had its write flushed by
+      // then (the driver defers small writes to an immediate), so its connection no longer looks idle.
+      return new Promise<void>((resolve) =>
+        setImmediate(() => {
+          const closing: Promise<unknown>[] = [];
+          for (const [socket, w] of watched) {
+            if (!w.idle()) continue;
+            // The driver's own close handler was added after ours: it has run when the next
+            // microtask does, and the connection is out of the pool's open queue.
+            closing.push(new Promise((r) => socket.once("close", r)));
+            socket.destroy();
+          }
+          const bound = setTimeout(resolve, 250);
+          void Promise.all(closing).then(() => {
+            clearTimeout(bound);
+            resolve();
+          });
+        }),
+      );
     },
   };
 }
@@ -134,15 +147,14 @@ export function isReadOnly(query: string): boolean {
  * once more: what a pool left over from before a database restart needs. A write is never resent:
  * it may have run.
  */
-export async function guardedQuery<T>(run: () => Promise<T>, query: string, deadlineMs: number, onStale?: () => void): Promise<T> {
+export async function guardedQuery<T>(run: () => Promise<T>, query: string, deadlineMs: number, onStale?: () => Promise<void>): Promise<T> {
   try {
     return await withDeadline(run(), deadlineMs, "the database query");
   } catch (err) {
     if (!databaseUnavailable(err)?.connection) throw err;
-    onStale?.();
+    const recycled = onStale?.();
     if (!isReadOnly(query)) throw err;
-    // Let the pool see the closed connections before it picks one for the retry.
-    await new Promise((r) => setImmediate(r));
+    await recycled;
     return withDeadline(run(), deadlineMs, "the database query");
   }
 }
