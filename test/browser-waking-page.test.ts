@@ -42,12 +42,13 @@ describe.skipIf(!chromium)(`the waking page in Chromium, through ${traefik ? "Tr
   }, 90_000);
 
   afterAll(async () => {
-    await browser?.close();
+    // The product first: whatever happens to the browser, its Traefik must not outlive the test.
     if (product) {
       await stopProcess(product.child);
       killTraefiks(product.dir);
       rmSync(product.dir, { recursive: true, force: true });
     }
+    await browser?.close();
   });
 
   /** Puts the VM to sleep the way the idle sweeper does: answered once asleep and gone from Traefik's routers. */

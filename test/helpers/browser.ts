@@ -133,7 +133,13 @@ export async function launchChromium(bin: string): Promise<Browser> {
         await exited;
         clearTimeout(timer);
       }
-      rmSync(profile, { recursive: true, force: true });
+      // Chromium's crash handler may still be writing there for a moment: retry, and never fail a
+      // test's cleanup over a temporary profile.
+      try {
+        rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+      } catch {
+        // left in the temp directory
+      }
     },
   };
 }

@@ -44,6 +44,17 @@ export async function freePorts(): Promise<Product["ports"]> {
   return { api: await freePort(), proxy: await freePort(), wake: await freePort(), sim: await freePort() };
 }
 
+/**
+ * Products still running when the test process exits (a failed hook, a worker torn down): killed
+ * with their Traefiks, which by design outlive a hatch-proxy that dies.
+ */
+const running = new Set<ChildProcess>();
+const dirs = new Set<string>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+  for (const dir of dirs) killTraefiks(dir);
+});
+
 /** Starts `hatch-proxy start` and waits for its banner (60 s at most). */
 export async function startProduct(opts: ProductOptions): Promise<Product> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "hatch-front-"));
@@ -66,7 +77,14 @@ export async function startProduct(opts: ProductOptions): Promise<Product> {
   });
   child.stdout!.on("data", (c) => (out += c));
   child.stderr!.on("data", (c) => (out += c));
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+  running.add(child);
+  dirs.add(dir);
+  const exited = new Promise<number | null>((r) =>
+    child.once("exit", (code) => {
+      running.delete(child);
+      r(code);
+    }),
+  );
   const deadline = Date.now() + 60_000;
   while (!out.includes("Try it:")) {
     if (child.exitCode !== null || Date.now() > deadline) {
