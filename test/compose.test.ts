@@ -278,7 +278,17 @@ function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames:
   need(apiConfig.traefikApiUrls.length > 0, "api: HATCH_TRAEFIK_API_URLS is unset: Traefik's direct traffic would not count as activity");
   for (const u of apiConfig.traefikApiUrls) need(reach(doc, api, u) === traefikName, `api: HATCH_TRAEFIK_API_URLS entry ${u} does not reach traefik's API entry point`);
   const internal = entryPoint("traefik");
-  need(flags.get("metrics.prometheus.entrypoint") === "traefik" && flags.get("api.insecure") === "true", "traefik: metrics and the API must be served on the `traefik` entry point");
+  need(flags.get("metrics.prometheus.entrypoint") === "traefik", "traefik: metrics must be served on the `traefik` entry point");
+  // The API only through the file-provider router (insecure mode would publish the wake secret).
+  need(flags.get("api.insecure") !== "true", "traefik: api.insecure serves every API page (the wake secret too) on the traefik entry point");
+  const apiFile = flags.get("providers.file.filename");
+  const mounted = (raw.services[traefikName].volumes ?? []).map(String).find((v: string) => v.startsWith("./traefik:"));
+  need(apiFile && mounted && apiFile.startsWith(mounted.split(":")[1]!.replace(/\/?$/, "/")), "traefik: --providers.file.filename must name internal-api.yml in the mounted traefik/ directory");
+  if (apiFile && mounted) {
+    const local = join(ROOT, "traefik", apiFile.slice(mounted.split(":")[1]!.replace(/\/?$/, "/").length));
+    const router = existsSync(local) ? (parse(readFileSync(local, "utf8")) as any)?.http?.routers?.["hatch-traefik-api"] : undefined;
+    need(router?.service === "api@internal" && (router?.entryPoints ?? []).includes("traefik"), `traefik: ${apiFile} has no router to api@internal on the traefik entry point`);
+  }
   need(internal && apiConfig.traefikApiUrls.some((u) => Number(new URL(u).port) === internal.port), "api: HATCH_TRAEFIK_API_URLS does not name traefik's `traefik` entry point port");
 
   // The database: one URL, the postgres service's credentials.
@@ -378,6 +388,7 @@ describe("compose.yaml agrees with the code", () => {
     ["a second published port", (d) => void (svc(d, "api").ports = ["8080:8080"]), "api: publishes ports (only traefik may)"],
     ["no Traefik API URL on the api", setEnv("api", "HATCH_TRAEFIK_API_URLS", undefined), "api: HATCH_TRAEFIK_API_URLS is unset: Traefik's direct traffic would not count as activity"],
     ["Traefik's API on loopback only", setFlag("entryPoints.traefik.address", "127.0.0.1:9092"), "api: HATCH_TRAEFIK_API_URLS entry http://traefik:9092 does not reach traefik's API entry point"],
+    ["Traefik's API in insecure mode", (d) => void svc(d, "traefik").command.push("--api.insecure=true"), "traefik: api.insecure serves every API page"],
     ["a published port that is not the entry point", (d) => void (svc(d, "traefik").ports = ["9090:9092"]), "traefik: publishes container port(s) 9092 but its public entry point listens on 9090"],
     ["routers on a missing entry point", setEnv("api", "HATCH_TRAEFIK_ENTRYPOINTS", "websecure"), 'traefik: has no entry point "websecure"'],
     ["a dependency on a missing service", (d) => void (svc(d, "api").depends_on.redis = { condition: "service_started" }), "api: depends on unknown service redis"],
@@ -454,7 +465,8 @@ describe.skipIf(!traefikBinary())("Traefik with compose.yaml's flags", () => {
       arg
         .replace(/^--entryPoints\.web\.address=.*$/i, `--entryPoints.web.address=127.0.0.1:${ports.web}`)
         .replace(/^--entryPoints\.traefik\.address=.*$/i, `--entryPoints.traefik.address=127.0.0.1:${ports.internal}`)
-        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`),
+        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`)
+        .replace(/^(--providers\.file\.filename=)\/etc\/hatch-proxy\/traefik\//i, `$1${join(ROOT, "traefik")}/`),
     );
 
   /** GET / on a loopback port with a given Host header (node:http: fetch may not send a custom Host). */
@@ -619,7 +631,8 @@ describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose top
       arg
         .replace(/^--entryPoints\.web\.address=.*$/i, `--entryPoints.web.address=127.0.0.1:${ports.web}`)
         .replace(/^--entryPoints\.traefik\.address=.*$/i, `--entryPoints.traefik.address=127.0.0.1:${ports.internal}`)
-        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`),
+        .replace(/^(--providers\.http\.endpoint=)http:\/\/api:8080/i, `$1http://127.0.0.1:${ports.api}`)
+        .replace(/^(--providers\.file\.filename=)\/etc\/hatch-proxy\/traefik\//i, `$1${join(ROOT, "traefik")}/`),
     );
     start("traefik", bin, flags, {});
     // expect.poll works only inside a test: a plain poll for the start-up.
