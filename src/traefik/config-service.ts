@@ -8,7 +8,7 @@ import { stringify as toYaml } from "yaml";
 import type { Config } from "../config.ts";
 import type { Database } from "../db/client.ts";
 import { ROUTES_CHANNEL } from "../db/client.ts";
-import { DatabaseNotMigratedError } from "../db/errors.ts";
+import { DatabaseNotMigratedError, databaseUnavailable } from "../db/errors.ts";
 import { MigrationGate } from "../db/migrations.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
@@ -153,7 +153,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     err instanceof DatabaseNotMigratedError ? `database not fully migrated (${err.message})` : "database unavailable";
 
   function fail(publicReason: string, err: unknown) {
-    if (lastError !== publicReason) log.error("traefik config not refreshed; keeping the last good one", { reason: publicReason, err });
+    if (lastError !== publicReason) log.error("traefik config not refreshed; keeping the last good one", { reason: publicReason, cause: databaseUnavailable(err)?.cause, err });
     lastError = publicReason;
     if (!snapshot) reason = publicReason;
   }
