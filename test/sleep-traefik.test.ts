@@ -73,6 +73,8 @@ describe.skipIf(!bin)(`sleep through a real Traefik, on ${kind}`, () => {
     expect(notOnce(report.sent, sim().requestCounts(vm.id))).toEqual([]);
     expect(sim().getVm(vm.id)!.wake_count).toBe(20);
     console.log(`[sleep-traefik] API sleeps: ${report.sent.size} requests, 0 failed, 20 sleeps (drain+snapshot p50 ${drains.sort((a, b) => a - b)[10]} ms, max ${drains[19]} ms)`);
+    // Gone before the idle tests, which count every idle sleep.
+    await sim().deleteVm(vm.id);
   });
 
   it("20 sleeps made on the platform behind Traefik's back: no GET fails (307 back once awake), the failed others are counted", async () => {
@@ -96,10 +98,13 @@ describe.skipIf(!bin)(`sleep through a real Traefik, on ${kind}`, () => {
     // Traefik's retry covers POSTs whose connection was refused; those lost were cut inside the VM.
     expect(others.every((f) => f.status === 502)).toBe(true);
     expect(report.redirects).toBeGreaterThan(0);
+    await sim().deleteVm(vm.id);
   });
 
   it("idle sleep from every path: a quiet VM sleeps within timeout + 2 intervals; busy, WebSocket and event-stream VMs stay up for 30 s; then they sleep too", async () => {
     await restart({ idleTimeoutMs: 3000 });
+    // Only this test's VMs have routes from here on (the ones before were deleted with their VMs).
+    await until(async () => (await api(stack!, "GET", "/healthz")).status === 200 && sim().listVms().length === 0, "the earlier VMs to be gone");
     const make = async (name: string) => {
       const vm = await sim().createVm();
       const route = await addRouteVia(stack!, vm.id, name);
