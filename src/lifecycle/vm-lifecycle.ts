@@ -11,6 +11,7 @@
  */
 import { formatDuration, type Config } from "../config.ts";
 import { LockTimeoutError, type Database } from "../db/client.ts";
+import { databaseUnavailable } from "../db/errors.ts";
 import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
 import type { Logger } from "../log.ts";
@@ -242,16 +243,26 @@ export class VmLifecycle {
       if (this.closed) throw new ShuttingDownError();
       // A sleep in progress finishes first (its snapshot holds the same lock); then this wakes it.
       await this.deps.sleeps.settled(vmId, ac.signal);
+      let ran = false;
+      const wakeIt = async () => {
+        ran = true;
+        if (ac.signal.aborted) throw ac.signal.reason;
+        // Re-read inside the lock: another replica may have woken it while we waited.
+        const live = await directory.refreshOne(vmId);
+        if (!live) throw new FailureError({ status: 502, error: "vm not found" });
+        if (live.state === "running" || live.state === "starting") return live;
+        if (!SLEEPING_STATES.includes(live.state)) throw new FailureError({ status: 503, error: `vm is in state "${live.state}", not proxying` });
+        woke = true;
+        return await this.wakeOnPlatform(vmId, deadline, ac.signal);
+      };
       const vm = await abortable(
-        database.withLock(vmLockName(vmId), Math.max(1, deadline - Date.now()), async () => {
-          if (ac.signal.aborted) throw ac.signal.reason;
-          // Re-read inside the lock: another replica may have woken it while we waited.
-          const live = await directory.refreshOne(vmId);
-          if (!live) throw new FailureError({ status: 502, error: "vm not found" });
-          if (live.state === "running" || live.state === "starting") return live;
-          if (!SLEEPING_STATES.includes(live.state)) throw new FailureError({ status: 503, error: `vm is in state "${live.state}", not proxying` });
-          woke = true;
-          return await this.wakeOnPlatform(vmId, deadline, ac.signal);
+        database.withLock(vmLockName(vmId), Math.max(1, deadline - Date.now()), wakeIt).catch((err: unknown) => {
+          const down = !ran && databaseUnavailable(err);
+          if (!down) throw err;
+          // Waking must not depend on the database: this process's single flight still makes one
+          // wake here, and a replica waking it too meets the platform's "already running" (handled).
+          log.warn("waking without the cross-replica lock: database unavailable", { vm: vmId, cause: down.cause });
+          return wakeIt();
         }),
         ac.signal,
       );
