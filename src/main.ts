@@ -14,6 +14,7 @@ import { printTraefikConfig } from "./traefik/print-config.ts";
 import { createSimulator } from "./vms/simulator/index.ts";
 import { PEOPLE_COMMANDS, PEOPLE_USAGE, runPeopleCommand } from "./cli/people.ts";
 import { SERVICE_COMMANDS } from "./cli/commands.ts";
+import { runImportHatch } from "./cli/import-hatch.ts";
 
 const VERSION = "0.1.0";
 
@@ -29,6 +30,7 @@ Services (configured by environment variables; see README.md):
   sim              the VM simulator alone (HATCH_SIM_ADDR)
   migrate          apply database migrations and exit
   traefik-config   print the Traefik dynamic configuration [--yaml]
+  import-hatch     copy a Hatch installation's routes here: --from <postgres url> [--dry-run] [--json]
 
 ${PEOPLE_USAGE}`;
 
@@ -69,6 +71,8 @@ async function main(argv: string[]): Promise<number> {
       log.info("migrations applied", { database: describeDatabase(config) });
       return 0;
     }
+    case "import-hatch":
+      return runImportHatch(rest, () => openConfiguredDatabase(config), { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
     case "traefik-config":
       await printTraefikConfig(config, rest.includes("--yaml") ? "yaml" : "json");
       return 0;

@@ -9,6 +9,7 @@ import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
+import { platformProxy } from "./api/platform-proxy.ts";
 import type { ReadinessCheck } from "./api/health.ts";
 import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
@@ -226,6 +227,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         // after the API, when Traefik is missing or fails). One of them runs, never both.
         registries: () => [...[stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])), sleeper.registry],
         sleep: { sleeper, activity: runtime.activity },
+        vmApi: platformProxy({ config, directory, log: log.child({ component: "vm-api" }), baseUrl: simApi?.url }),
         readiness: [
           {
             name: "traefik_config",

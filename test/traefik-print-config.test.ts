@@ -52,7 +52,7 @@ describe("printTraefikConfig", () => {
     await printTraefikConfig(config, "json", { database: t.database, write: (s) => (out += s) });
     expect(out.endsWith("}\n")).toBe(true);
     const doc = JSON.parse(out);
-    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-streams", "hatch-wake", "rt_print", "rt_print-get"]);
+    expect(Object.keys(doc.http.routers).sort()).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake", "rt_print", "rt_print-get"]);
     expect(doc.http.services.rt_print.loadBalancer.servers).toEqual([{ url: "http://127.0.1.44:5000" }]);
     expect(seenAuth).toBe("Bearer k1");
   });
@@ -103,7 +103,7 @@ describe("printTraefikConfig", () => {
         let out = "";
         const config = testConfig({ routeApiUrl: `http://127.0.0.1:${deadPort}`, hatchApiUrl: `http://127.0.0.1:${port}`, dataDir });
         await printTraefikConfig(config, "json", { write: (s) => (out += s) });
-        expect(Object.keys(JSON.parse(out).http.routers).sort()).toEqual(["hatch-api", "hatch-streams", "hatch-wake"]);
+        expect(Object.keys(JSON.parse(out).http.routers).sort()).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake"]);
       } finally {
         rmSync(dataDir, { recursive: true, force: true });
       }

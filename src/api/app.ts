@@ -36,6 +36,11 @@ export interface ApiDeps {
   readinessTimeoutMs?: number;
   /** The sleep protocol: with it, POST /vms/{id}/sleep and GET /vms/{id}/activity are served. */
   sleep?: SleepDeps | undefined;
+  /**
+   * Relays every other Hatch API call (`/vms`, `/vms/{id}`, its snapshot, restore, metrics…) to the
+   * VM platform, so one base URL serves Hatch's whole API (see platform-proxy.ts).
+   */
+  vmApi?: ((c: Context) => Promise<Response>) | undefined;
 }
 
 export type ApiEnv = { Variables: { principal: Principal; log: Logger; requestId: string } };
@@ -119,6 +124,18 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   }
   const extra = deps.registries ?? [];
   registerHealthEndpoints(app, deps, () => [registry, ...(typeof extra === "function" ? extra() : extra)]);
+  if (deps.vmApi) {
+    const relay = deps.vmApi;
+    // The caller's key is checked here too (one URL, one key), then passed on untouched; the
+    // platform's own answer, errors included, goes back as it is.
+    const relayed = async (c: Context<ApiEnv>) => {
+      const allow = ALLOWED.find(([re]) => re.test(c.req.path))?.[1];
+      if (allow) return c.json({ error: "method not allowed", request_id: c.get("requestId") }, 405, { Allow: allow.join(", ") });
+      c.set("principal", await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") }));
+      return relay(c);
+    };
+    for (const path of ["/vms", "/vms/*", "/images", "/images/*", "/templates", "/templates/*"]) app.all(path, relayed);
+  }
   const openapi = buildOpenApiDocument(deps.config);
   app.get("/openapi.json", (c) => c.json(openapi));
   for (const [prefix, sub] of Object.entries(deps.mounts ?? {})) app.route(prefix, sub);

@@ -3,6 +3,7 @@ import { Registry } from "prom-client";
 import { formatDuration } from "../config.ts";
 import { databaseUnavailable } from "../db/errors.ts";
 import { schemaProblem, schemaState } from "../db/migrations.ts";
+import { countRoutes } from "../db/routes.repo.ts";
 import type { ApiDeps, ApiEnv } from "./app.ts";
 
 /** A named readiness probe: resolves to undefined when fine, or a short reason when not. */
@@ -26,7 +27,10 @@ function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, limit]).finally(() => clearTimeout(timer));
 }
 
-/** /healthz (process up), /readyz (database, migrations, platform, extras) and /metrics. Open, no auth. */
+/**
+ * /healthz (process up; with a key, Hatch's `{status, vm_count, route_count}` for the caller),
+ * /readyz (database, migrations, platform, extras) and /metrics. Open, no auth needed.
+ */
 export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, registries: () => Registry[]): void {
   const timeoutMs = deps.readinessTimeoutMs ?? READINESS_TIMEOUT_MS;
   const checks: ReadinessCheck[] = [
@@ -69,7 +73,18 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     }
   }
 
-  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/healthz", async (c) => {
+    const authorization = c.req.header("authorization");
+    const apiKey = c.req.header("x-api-key");
+    // Open for probes; with a key it also answers as Hatch's does: the caller's VM and route counts.
+    if (!authorization && !apiKey) return c.json({ status: "ok" });
+    const principal = await deps.auth.authenticate({ authorization, apiKey });
+    const [vms, routes] = await Promise.all([
+      principal.scoped ? deps.platform.list({ userKey: principal.key }).then((l) => l.length) : Promise.resolve(deps.directory.all().size),
+      countRoutes(deps.database, principal.scoped ? principal.userId : undefined),
+    ]);
+    return c.json({ status: "ok", vm_count: vms, route_count: routes });
+  });
   app.get("/readyz", async (c) => {
     const verdicts = await Promise.all(checks.map(verdict));
     const results = Object.fromEntries(checks.map((ch, i) => [ch.name, verdicts[i]!]));

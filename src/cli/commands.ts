@@ -3,7 +3,7 @@
  * for `start`). Kept apart from main.ts so compose.yaml can be checked against it without
  * importing the entry point.
  */
-export const SERVICE_COMMANDS = ["start", "api", "wake", "sim", "migrate", "traefik-config"] as const;
+export const SERVICE_COMMANDS = ["start", "api", "wake", "sim", "migrate", "traefik-config", "import-hatch"] as const;
 
 export type ServiceCommand = (typeof SERVICE_COMMANDS)[number];
 

@@ -1,4 +1,4 @@
-import { and, desc, eq } from "drizzle-orm";
+import { and, count, desc, eq } from "drizzle-orm";
 import type { Database } from "./client.ts";
 import { routes, type NewRouteRow, type RouteRow } from "./schema.ts";
 
@@ -65,4 +65,13 @@ export async function deleteRoute(d: Database, id: string, owner?: string): Prom
 export async function deleteRoutesOfVm(d: Database, vmId: string): Promise<number> {
   const rows = await d.db.delete(routes).where(eq(routes.vmId, vmId)).returning({ id: routes.id });
   return rows.length;
+}
+
+/** How many routes there are (of one owner, when given). */
+export async function countRoutes(d: Database, owner?: string): Promise<number> {
+  const [row] = await d.db
+    .select({ n: count() })
+    .from(routes)
+    .where(owner === undefined ? undefined : eq(routes.owner, owner));
+  return Number(row?.n ?? 0);
 }

@@ -22,8 +22,10 @@ export interface TraefikSettings {
   /** Added by Traefik as X-Hatch-Wake-Secret on requests to the sidecar. */
   wakeSecret?: string | undefined;
   certResolver?: string | undefined;
-  /** The route API, published as `api.<base>` above every other router. */
+  /** The route API, published as `api.<base>` (route calls) above every other router. */
   apiUrl?: string | undefined;
+  /** The VM platform's API (Hatch, or the simulator): every other call on `api.<base>` goes straight to it. */
+  platformUrl?: string | undefined;
 }
 
 export const WAKE_ROUTER = "hatch-wake";
@@ -49,6 +51,14 @@ export const VM_DIAL_TIMEOUT = "5s";
 export const VM_MAX_IDLE_CONNS = 200;
 export const API_ROUTER = "hatch-api";
 export const API_SERVICE = "hatch-api";
+export const VM_API_ROUTER = "hatch-vm-api";
+export const VM_API_SERVICE = "hatch-vm-api";
+/**
+ * The calls `api.<base>` sends to the route API; the rest of Hatch's API goes to the VM platform.
+ * The same list the route API serves itself (src/api/app.ts).
+ */
+export const ROUTE_API_RULE =
+  "(PathRegexp(`^/vms/[^/]+/(routes|sleep|activity)/?$`) || PathPrefix(`/routes`) || Path(`/healthz`) || Path(`/readyz`) || Path(`/metrics`) || Path(`/openapi.json`))";
 export const WAKE_SECRET_HEADER = "X-Hatch-Wake-Secret";
 /** Suffix of a route's second router, the one for GET and HEAD that falls back to the sidecar. */
 export const GET_ROUTER_SUFFIX = "-get";
@@ -123,7 +133,19 @@ export function fallbackQuery(wakeSecret: string | undefined): string {
 }
 
 const SAFE_NAME = /^[A-Za-z0-9_-]+$/;
-const RESERVED_NAMES = new Set([WAKE_ROUTER, WAKE_SERVICE, WAKE_MIDDLEWARE, STREAMS_ROUTER, FALLBACK_MIDDLEWARE, RETRY_MIDDLEWARE, VM_TRANSPORT, API_ROUTER, API_SERVICE]);
+const RESERVED_NAMES = new Set([
+  WAKE_ROUTER,
+  WAKE_SERVICE,
+  WAKE_MIDDLEWARE,
+  STREAMS_ROUTER,
+  FALLBACK_MIDDLEWARE,
+  RETRY_MIDDLEWARE,
+  VM_TRANSPORT,
+  API_ROUTER,
+  API_SERVICE,
+  VM_API_ROUTER,
+  VM_API_SERVICE,
+]);
 
 /**
  * The router/service name of a route. Route ids are already safe (`rt_…`); anything else (an `@`,
@@ -214,16 +236,24 @@ export function buildDynamicConfig(
   services.push([WAKE_SERVICE, { loadBalancer: { passHostHeader: true, servers: [{ url: s.wakeUrl }] } }]);
 
   if (s.apiUrl) {
+    // The provider endpoint carries the wake secret and is meant for Traefik's own poll only.
+    const apiHost = `Host(\`api.${s.baseDomain}\`) && !PathPrefix(\`${PROVIDER_PATH_PREFIX}\`)`;
     const apiRouter: Router = {
       entryPoints,
       priority: API_PRIORITY,
-      // The provider endpoint carries the wake secret and is meant for Traefik's own poll only.
-      rule: `Host(\`api.${s.baseDomain}\`) && !PathPrefix(\`${PROVIDER_PATH_PREFIX}\`)`,
+      rule: s.platformUrl ? `${apiHost} && ${ROUTE_API_RULE}` : apiHost,
       service: API_SERVICE,
     };
     if (tls) apiRouter.tls = tls;
     routers.push([API_ROUTER, apiRouter]);
     services.push([API_SERVICE, { loadBalancer: { passHostHeader: true, servers: [{ url: s.apiUrl }] } }]);
+    if (s.platformUrl) {
+      // Everything else of Hatch's API, straight to the platform: no hop of ours for VM calls.
+      const vmRouter: Router = { entryPoints, priority: API_PRIORITY - 1, rule: apiHost, service: VM_API_SERVICE };
+      if (tls) vmRouter.tls = tls;
+      routers.push([VM_API_ROUTER, vmRouter]);
+      services.push([VM_API_SERVICE, { loadBalancer: { passHostHeader: false, servers: [{ url: s.platformUrl }] } }]);
+    }
   }
 
   const middlewares: Record<string, Middleware> = {

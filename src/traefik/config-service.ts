@@ -81,6 +81,7 @@ export function traefikSettings(config: Config): TraefikSettings {
     wakeSecret: config.wakeSecret,
     certResolver: config.traefikCertResolver,
     apiUrl: config.routeApiUrl,
+    platformUrl: config.traefikPlatformUrl,
   };
 }
 

@@ -27,6 +27,7 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
   async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const r = await ctx.resolve(req);
     if (r.kind === "fail") return sendFailure(res, r.failure);
+    if (r.kind === "api") return forwardToApi(req, res, r.target);
     const a = await lifecycle.admit(r.route, r.vm);
     if (a.kind === "fail") return sendFailure(res, a.failure);
     if (a.kind === "forward") {
@@ -43,6 +44,20 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
   function tracked(res: ServerResponse, vmId: string): void {
     const release = lifecycle.track(vmId);
     res.once("close", release);
+  }
+
+  /** `api.<base>` on the embedded front: to the route API, which answers or relays to the platform. */
+  async function forwardToApi(req: IncomingMessage, res: ServerResponse, target: Target): Promise<void> {
+    const r = await forwardRequest(req, res, target, {
+      agent: ctx.agent,
+      headers: ctx.headersFor(req),
+      connectTimeoutMs: ctx.connectTimeoutMs,
+      // A restore or a sleep through the API blocks for seconds.
+      responseTimeoutMs: Math.max(config.wakeTimeoutMs, config.idleDrainTimeoutMs) + 30_000,
+    });
+    if (r.ok) return void metrics.request(r.status);
+    if (r.reason === "client-gone") return void metrics.request(CLIENT_GONE);
+    sendFailure(res, { status: 503, error: "route API unavailable", headers: { "retry-after": "1" } });
   }
 
   async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean): Promise<void> {

@@ -19,7 +19,8 @@ export interface Routed {
   fallback: boolean;
 }
 
-export type Resolved = { kind: "fail"; failure: Failure } | ({ kind: "routed" } & Routed);
+/** `api`: Host `api.<base>` on the embedded front, which serves Hatch's API there as Traefik does. */
+export type Resolved = { kind: "fail"; failure: Failure } | { kind: "api"; target: { host: string; port: number } } | ({ kind: "routed" } & Routed);
 
 export interface ProxyContext {
   config: Config;

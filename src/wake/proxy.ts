@@ -69,6 +69,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
   const secretHash = !opts.embedded && config.wakeSecret ? sha256(config.wakeSecret) : undefined;
   const tunnels = new Set<Duplex>();
   let closed = false;
+  const apiTarget = opts.embedded ? hostPort(config.routeApiUrl) : undefined;
 
   /** A request from Traefik's errors middleware: its path carries the original URL and the secret. */
   function fallbackTarget(req: IncomingMessage): string | undefined {
@@ -101,6 +102,8 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     const host = subdomainOf(given.host, config.baseDomain);
     if (!host.ok) return { kind: "fail", failure: { status: 400, error: host.message } };
     const sub = host.subdomain;
+    // With no Traefik in front, `api.<base>` is Hatch's whole API (the route API relays the rest).
+    if (apiTarget && sub === "api") return { kind: "api", target: apiTarget };
     const noRoute: Resolved = { kind: "fail", failure: { status: 404, error: `no route for subdomain ${JSON.stringify(sub)}` } };
     if (!isValidLabel(sub)) return noRoute;
     let route: RouteRow | undefined;
@@ -174,6 +177,13 @@ export function startWakeServer(proxy: WakeProxy, addr: ListenAddr): Promise<Lis
   // A deep accept queue: a thousand clients arriving at once for a sleeping VM is the point.
   // Requests still running at close get a second to finish, then their connections are cut.
   return listen(server, addr, { backlog: 4096, graceMs: 1000 });
+}
+
+/** host and port of an http:// URL (https is not dialed by this proxy). */
+function hostPort(url: string): { host: string; port: number } | undefined {
+  const u = new URL(url);
+  if (u.protocol !== "http:") return undefined;
+  return { host: u.hostname.replace(/^\[|\]$/g, ""), port: Number(u.port || 80) };
 }
 
 function sha256(text: string): Buffer {

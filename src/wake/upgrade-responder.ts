@@ -26,6 +26,7 @@ export function createUpgradeResponder(ctx: ProxyContext): (req: IncomingMessage
   async function serve(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const r = await ctx.resolve(req);
     if (r.kind === "fail") return rawFailure(socket, r.failure);
+    if (r.kind === "api") return rawFailure(socket, { status: 404, error: "not found" });
     const { route } = r;
     let vm: Vm = r.vm;
     let extra: string[] | undefined;
