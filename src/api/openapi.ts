@@ -53,7 +53,7 @@ export function buildOpenApiDocument(config: Config) {
     info: {
       title: "hatch-proxy route API",
       version: "0.1.0",
-      description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps.`,
+      description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps. Every other call of Hatch's API (\`/vms\`, \`/vms/{id}\`, its snapshot, restore, stop, snapshots, metrics, exec) is relayed to the VM platform with the caller's credentials, and documented by Hatch.`,
     },
     security: [{ bearer: [] }, { apiKey: [] }],
     components: {
