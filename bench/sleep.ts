@@ -49,7 +49,7 @@ import { testConfig } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
 import { findTraefikBinary, startStack } from "../src/services.ts";
 import { VM_TRANSPORT } from "../src/traefik/config-builder.ts";
-import { buildStaticConfig } from "../src/traefik/static-config.ts";
+import { buildStaticConfig, internalApiRoutes } from "../src/traefik/static-config.ts";
 import { createSimulator } from "../src/vms/simulator/index.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -399,7 +399,8 @@ async function startEnv(bin: string): Promise<Env> {
     dynamic,
     toYaml({
       http: {
-        routers: { plain: { entryPoints: ["web"], rule: `Host(\`${route.host}\`)`, service: "plain" } },
+        // Traefik's API only through the router npm start adds (this Traefik reads no other file).
+        routers: { plain: { entryPoints: ["web"], rule: `Host(\`${route.host}\`)`, service: "plain" }, ...(internalApiRoutes() as any).http.routers },
         services: { plain: { loadBalancer: { servers: [{ url: `http://${vm.guest_ip}:${GUEST_PORT}` }] } } },
       },
     }),
@@ -981,6 +982,7 @@ async function partRouting(env: Env, v: Verdict) {
   const tune = transport !== undefined && !(typeof idleConns === "number" && idleConns >= 200);
   if (transport) transport.maxIdleConnsPerHost = 200;
   const dir = tempDir("hatch-bench-sleep-tuned-");
+  (served as any).http.routers = { ...(served as any).http.routers, ...(internalApiRoutes() as any).http.routers };
   writeFileSync(join(dir, "dynamic.yml"), toYaml(served));
   const [port, apiPort] = (await freePorts(2)) as [number, number];
   const tunedStatic = env.staticFor(port, apiPort);
