@@ -32,7 +32,8 @@
  * exit (Ctrl-C included); BENCH_TIMEOUT_S (600) stops a run that hangs.
  * Internal modes: `--sim` (the simulator), `--stack <json>` (the stack).
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { autocannon, type Cannon } from "./autocannon.ts";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, createServer, request, type IncomingHttpHeaders } from "node:http";
@@ -944,29 +945,9 @@ async function partStreams(env: Env, v: Verdict) {
 
 // ---- part 4: the direct path's routing vs a plain router ---------------------------------------------
 
-interface Cannon {
-  rps: number;
-  p50: number;
-  p99: number;
-  errors: number;
-  total: number;
-}
-
-/** autocannon in its own process. */
-function autocannon(url: string, host: string, seconds: number, post?: string): Promise<Cannon> {
-  const bin = join(root, "node_modules/autocannon/autocannon.js");
-  const args = [bin, "-c", String(CONNECTIONS), "-d", String(seconds), "--json", "-H", `host=${host}`];
-  if (post !== undefined) args.push("-m", "POST", "-H", "content-type=application/octet-stream", "-b", post);
-  args.push(url);
-  return new Promise((resolve, reject) => {
-    const child = execFile(process.execPath, args, { maxBuffer: 64 << 20, timeout: (seconds + 30) * 1000 }, (err, stdout) => {
-      if (err) return reject(err);
-      const r = JSON.parse(stdout);
-      resolve({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.non2xx + r.timeouts, total: r.requests.total });
-    });
-    track(child);
-  });
-}
+/** autocannon in its own process (tracked, so it dies with this one). */
+const cannon = (url: string, host: string, seconds: number, post?: string): Promise<Cannon> =>
+  autocannon(url, { connections: CONNECTIONS, seconds, host, post, onChild: (c) => void track(c) });
 
 async function partRouting(env: Env, v: Verdict) {
   const { host } = env.streamVm;
@@ -993,13 +974,13 @@ async function partRouting(env: Env, v: Verdict) {
       `${tune ? `; third row: the same config with 200, as Traefik's default transport keeps` : ""})`,
   );
   const fronts = tuned ? [env.hatch, env.plain, tuned] : [env.hatch, env.plain];
-  for (const t of fronts) await autocannon(`http://127.0.0.1:${t.port}/echo`, host, 1);
+  for (const t of fronts) await cannon(`http://127.0.0.1:${t.port}/echo`, host, 1);
   type Row = Cannon & { front: string; method: string; cpuUs: number };
   const rows: Row[] = [];
   for (let round = 0; round < 2; round++) {
     for (const method of ["GET", "POST"]) {
       for (const t of fronts) {
-        const { result, cpu } = await cpuDuring({ traefik: t.pid }, () => autocannon(`http://127.0.0.1:${t.port}/echo`, host, SECONDS, method === "POST" ? body : undefined));
+        const { result, cpu } = await cpuDuring({ traefik: t.pid }, () => cannon(`http://127.0.0.1:${t.port}/echo`, host, SECONDS, method === "POST" ? body : undefined));
         rows.push({ ...result, front: t.name, method, cpuUs: (cpu.traefik! * 1000) / Math.max(1, result.total) });
       }
     }

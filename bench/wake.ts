@@ -11,7 +11,8 @@
  *    the sidecar process's peak RSS.
  * BENCH_PARTS=hot or cold runs one half. Loopback only. Internal modes: `--guest` (hosts the VM), `--cold-client` (fires a burst).
  */
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { autocannon, type Cannon } from "./autocannon.ts";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { Agent, createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -135,28 +136,8 @@ async function firstLine(child: ChildProcess): Promise<string> {
   throw new Error("child exited without output");
 }
 
-interface Cannon {
-  rps: number;
-  p50: number;
-  p99: number;
-  errors: number;
-  total: number;
-}
-
 /** autocannon in its own process, so it does not share an event loop with what it measures. */
-function autocannon(url: string, host: string | undefined, seconds = SECONDS): Promise<Cannon> {
-  const bin = join(root, "node_modules/autocannon/autocannon.js");
-  const args = [bin, "-c", String(CONNECTIONS), "-d", String(seconds), "--json"];
-  if (host) args.push("-H", `host=${host}`);
-  args.push(url);
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, args, { maxBuffer: 64 << 20 }, (err, stdout) => {
-      if (err) return reject(err);
-      const r = JSON.parse(stdout);
-      resolve({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.non2xx, total: r.requests.total });
-    });
-  });
-}
+const cannon = (url: string, host: string | undefined, seconds = SECONDS): Promise<Cannon> => autocannon(url, { connections: CONNECTIONS, seconds, host });
 
 /** A directory that reads the simulator on demand (the cold path needs real states). */
 function liveDirectory(platform: VmPlatform): VmDirectory {
@@ -279,7 +260,7 @@ async function hotPath(): Promise<HotRow[]> {
   if (!traefik) console.log("(no Traefik binary: the Traefik rows are skipped; `bash scripts/traefik.sh` builds one)");
   const measure = async (name: string, url: string, inProcess: boolean, host = HOST): Promise<HotRow> => {
     const cpu0 = process.cpuUsage();
-    const r = await autocannon(url, host);
+    const r = await cannon(url, host);
     const cpu = process.cpuUsage(cpu0);
     return { name, ...r, cpuUs: inProcess ? (cpu.user + cpu.system) / Math.max(1, r.total) : undefined };
   };
@@ -287,8 +268,8 @@ async function hotPath(): Promise<HotRow[]> {
     const guestUrl = `http://${info.ip}:${info.port}/`;
     // Warm-up (JIT, keep-alive pools, route cache): the sidecar's first seconds under load cost
     // visibly more CPU per request than its steady state, so both proxies get a full run first.
-    await autocannon(server.url + "/", HOST).catch(() => undefined);
-    await autocannon(naiveUrl, HOST).catch(() => undefined);
+    await cannon(server.url + "/", HOST).catch(() => undefined);
+    await cannon(naiveUrl, HOST).catch(() => undefined);
     const rows: HotRow[] = [];
     // Interleaved twice: the machine is shared, so one slow moment must not decide a ratio.
     for (let round = 0; round < 2; round++) {
