@@ -132,7 +132,14 @@ describe.each([true, false])("requests through the proxy (embedded: %s)", (embed
     await t.drop();
   });
 
-  it.runIf(embedded)("the VM sees no forged forwarding header, and the peer as the client", async () => {
+  it(embedded ? "the VM sees no forged forwarding header, and the peer as the client" : "behind Traefik the forwarding headers its front set are kept (a trusted hop)", async () => {
+    if (!embedded) {
+      const reply = await rawExchange(port, `GET /?rid=trusted HTTP/1.1\r\nHost: ${sub}.hatch.local\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n`);
+      expect(statusOf(reply)).toBe(200);
+      const seen: Record<string, string> = bodyOf(reply).headers;
+      expect([seen["x-forwarded-for"], seen["x-forwarded-proto"]]).toEqual(["203.0.113.9, 127.0.0.1", "https"]);
+      return;
+    }
     const head = Object.entries(FORGED).map(([k, v]) => `${k}: ${v}\r\n`).join("");
     const reply = await rawExchange(port, `GET /?rid=fwd HTTP/1.1\r\nHost: ${sub}.hatch.local\r\n${head}Connection: close\r\n\r\n`);
     expect(statusOf(reply)).toBe(200);
