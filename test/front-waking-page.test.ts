@@ -49,23 +49,29 @@ describe("WakeHistory", () => {
     const h = new WakeHistory();
     h.began("vm1", 1000);
     expect(h.startedAt("vm1")).toBe(1000);
-    h.ended("vm1");
+    h.ended("vm1", false);
     expect(h.startedAt("vm1")).toBeUndefined();
     expect(h.durations("vm1")).toEqual([]);
+    expect(h.lastUpAt("vm1")).toBeUndefined();
     for (const ms of [100, 200, 300, 400, 500, 600.4]) {
       h.began("vm1");
-      h.ended("vm1", ms);
+      h.ended("vm1", true, ms, 5000 + ms);
     }
     expect(h.durations("vm1")).toEqual([200, 300, 400, 500, 600]);
+    expect(h.lastUpAt("vm1")).toBe(5600.4);
+    // Up after a wake made elsewhere: when it came up, and no duration of ours.
+    h.ended("vm2", true, undefined, 9000);
+    expect([h.lastUpAt("vm2"), h.durations("vm2")]).toEqual([9000, []]);
   });
 
   it("forgets the least recently woken VM past its cap", () => {
     const h = new WakeHistory(5, 2);
-    h.ended("a", 1);
-    h.ended("b", 2);
-    h.ended("a", 3);
-    h.ended("c", 4);
+    h.ended("a", true, 1);
+    h.ended("b", true, 2);
+    h.ended("a", true, 3);
+    h.ended("c", true, 4);
     expect([h.durations("a"), h.durations("b"), h.durations("c")]).toEqual([[1, 3], [], [4]]);
+    expect([h.lastUpAt("a") !== undefined, h.lastUpAt("b"), h.lastUpAt("c") !== undefined]).toEqual([true, undefined, true]);
   });
 
   it("median: the middle one, or the mean of the middle two", () => {

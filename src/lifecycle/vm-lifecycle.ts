@@ -66,8 +66,6 @@ export class VmLifecycle {
   private readonly closers = new Set<() => void>();
   private readonly closing = new AbortController();
   private readonly timeoutText: string;
-  /** When this process last saw each VM come up from a wake (Date.now()). */
-  private readonly upAt = new Map<string, number>();
   /** Wakes under way and recent wake durations, for the waking page. */
   private readonly history = new WakeHistory();
   private closed = false;
@@ -147,7 +145,7 @@ export class VmLifecycle {
    */
   recentlyUp(vmId: string, vm: Vm, withinMs = 30_000): boolean {
     const now = Date.now();
-    if (now - (this.upAt.get(vmId) ?? 0) <= withinMs) return true;
+    if (now - (this.history.lastUpAt(vmId) ?? 0) <= withinMs) return true;
     const updated = typeof vm.updated_at === "string" ? Date.parse(vm.updated_at) : NaN;
     return Number.isFinite(updated) && Math.abs(now - updated) <= withinMs;
   }
@@ -272,8 +270,6 @@ export class VmLifecycle {
       else ready = (await directory.refreshOne(vmId).catch(() => undefined)) ?? vm;
       // Woken is in use: the idle clock starts again now, even before the first answer.
       this.deps.activity.touch(vmId);
-      this.upAt.set(vmId, Date.now());
-      if (this.upAt.size > 10_000) this.upAt.clear();
       outcome = "ok";
       return { vm: ready, port, deadline };
     } catch (err) {
@@ -284,7 +280,7 @@ export class VmLifecycle {
       clearTimeout(timer);
       this.closers.delete(onClose);
       const ms = performance.now() - started;
-      this.history.ended(vmId, woke && outcome === "ok" ? ms : undefined);
+      this.history.ended(vmId, outcome === "ok", woke && outcome === "ok" ? ms : undefined);
       metrics.wake(outcome, ms / 1000);
       const fields = { vm: vmId, subdomain, duration_ms: Math.round(ms), waiters: flight.joined, outcome, woke };
       if (failure) log.warn("vm wake", { ...fields, error: failure.error, detail: failure.detail });

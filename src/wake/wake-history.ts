@@ -1,7 +1,8 @@
 /**
- * What the waking page tells a person about their VM: how long the wake under way has been running,
- * and how long this VM's own last wakes took. Per process and bounded (a few wakes per VM, a cap on
- * VMs); nothing here is needed for correctness.
+ * What this process saw of its VMs' wakes: how long the wake under way has been running and how long
+ * this VM's own last wakes took (the waking page), and when each VM last came up (the sleep
+ * fallback tells a VM just woken from an app answering 502 itself). Per process and bounded (a few
+ * wakes per VM, a cap on VMs).
  */
 
 /** Wakes kept per VM. */
@@ -12,6 +13,7 @@ const MAX_VMS = 10_000;
 export class WakeHistory {
   private readonly running = new Map<string, number>();
   private readonly recent = new Map<string, number[]>();
+  private readonly up = new Map<string, number>();
 
   constructor(
     private readonly perVm = PER_VM,
@@ -23,9 +25,17 @@ export class WakeHistory {
     this.running.set(vmId, at);
   }
 
-  /** The wake ended; `durationMs` is given only for a VM that this wake brought up. */
-  ended(vmId: string, durationMs?: number): void {
+  /**
+   * The wake ended; `cameUp` when the VM is up after it (woken here or elsewhere), `durationMs` only
+   * for a VM that this wake brought up itself.
+   */
+  ended(vmId: string, cameUp: boolean, durationMs?: number, at = Date.now()): void {
     this.running.delete(vmId);
+    if (cameUp) {
+      this.up.delete(vmId);
+      this.up.set(vmId, at);
+      if (this.up.size > this.maxVms) this.up.delete(this.up.keys().next().value!);
+    }
     if (durationMs === undefined) return;
     const list = this.recent.get(vmId) ?? [];
     // Re-inserted: Map order is then least recently woken first.
@@ -37,6 +47,11 @@ export class WakeHistory {
   /** When the wake under way in this process began, if one is. */
   startedAt(vmId: string): number | undefined {
     return this.running.get(vmId);
+  }
+
+  /** When a wake here last ended with `vmId` up (Date.now() scale), if one did. */
+  lastUpAt(vmId: string): number | undefined {
+    return this.up.get(vmId);
   }
 
   /** The VM's last wake durations in ms, oldest first (empty when none was seen here). */
