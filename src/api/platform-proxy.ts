@@ -5,7 +5,7 @@
  * untouched, so Hatch's SDK and dashboard need one base URL, as with Hatch itself.
  */
 import type { Context } from "hono";
-import { formatDuration, type Config } from "../config.ts";
+import { addrToUrl, formatDuration, type Config } from "../config.ts";
 import { AppError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
@@ -27,10 +27,7 @@ export interface PlatformProxyDeps {
 
 /** The VM platform's API base URL as this process reaches it. */
 export function platformApiUrl(config: Config): string {
-  if (config.hatchApiUrl) return config.hatchApiUrl;
-  const { host, port } = config.simAddr;
-  const h = !host || host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
-  return `http://${h.includes(":") ? `[${h}]` : h}:${port}`;
+  return config.hatchApiUrl ?? addrToUrl(config.simAddr);
 }
 
 /** A Hono handler relaying the request to the VM platform; errors keep Hatch's `{"error": ...}` shape. */

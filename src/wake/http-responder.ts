@@ -12,6 +12,7 @@ import { WAKING_PAGE_HEADERS, wakingPage, wantsWakingPage } from "./page.ts";
 import {
   CLIENT_GONE,
   coldHeaders,
+  coldList,
   failureBody,
   forwardFailure,
   isIdempotent,
@@ -153,7 +154,7 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     const target: Target = { host: vm.guest_ip, port };
     const headers = ctx.headersFor(req);
     for (let attempt = 0; ; attempt++) {
-      const extra = ["Server-Timing", `wake;dur=${Math.round(performance.now() - waitStart)}`, "X-Hatch-Cold-Start", "1"];
+      const extra = coldList(waitStart);
       const r: ForwardResult = await forwardRequest(req, res, target, {
         agent: ctx.agent,
         headers,
