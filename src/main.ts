@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { addrToUrl, ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { openConfiguredDatabase } from "./db/client.ts";
+import { lockDirectory } from "./db/data-dir-lock.ts";
 import { addEmbeddedProxy, describeDatabase, findTraefikBinary, startStack, type Stack } from "./services.ts";
 import { getRouteBySubdomain } from "./db/routes.repo.ts";
 import { TraefikSupervisor } from "./traefik/supervisor.ts";
@@ -78,18 +79,30 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case "sim":
       return runUntilSignal(log, async () => {
-        const sim = await createSimulator({
-          ipPrefix: config.simIpPrefix,
-          restoreMs: config.simRestoreMs,
-          stateFile: join(config.dataDir, "simulator.json"),
-          log,
-        });
-        const served = await sim.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
-        log.info("VM simulator listening", { url: served.url, vms: sim.listVms().length });
-        return async () => {
-          await served.close();
-          await sim.close();
-        };
+        // As in `start`: the simulator rewrites simulator.json once loaded, so a second process on
+        // this directory must stop before it does.
+        const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
+        try {
+          const sim = await createSimulator({
+            ipPrefix: config.simIpPrefix,
+            restoreMs: config.simRestoreMs,
+            stateFile: join(config.dataDir, "simulator.json"),
+            log,
+          });
+          const served = await sim.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port }).catch(async (err) => {
+            await sim.close();
+            throw err;
+          });
+          log.info("VM simulator listening", { url: served.url, vms: sim.listVms().length });
+          return async () => {
+            await served.close();
+            await sim.close();
+            releaseDir();
+          };
+        } catch (err) {
+          releaseDir();
+          throw err;
+        }
       });
     case "api":
     case "wake":

@@ -14,6 +14,7 @@ import { DataDirInUseError, openDatabase } from "../src/db/client.ts";
 import { lockDirectory } from "../src/db/data-dir-lock.ts";
 import { silentLogger } from "../src/log.ts";
 import { startStack } from "../src/services.ts";
+import { BIN, startSimulator } from "./helpers/front.ts";
 import { call } from "./helpers/wake-fixture.ts";
 
 const dirs: string[] = [];
@@ -129,4 +130,46 @@ describe("a second start on a data directory in use", () => {
     // Released at close.
     expect(existsSync(join(dataDir, "hatch-proxy.pid"))).toBe(false);
   });
+
+  it("holds for `hatch-proxy sim` too: a second simulator, or a start, on its directory stops first", async () => {
+    const dir = tempDir();
+    const dataDir = join(dir, "sim-data");
+    const sim = await startSimulator("127.78.9", dir, dataDir);
+    try {
+      const created = await fetch(`${sim.url}/vms`, { method: "POST" });
+      const vm = (await created.json()) as { id: string; guest_ip: string };
+      expect(created.status).toBe(201);
+      const before = snapshot(dataDir);
+      expect(Object.keys(before)).toContain("/simulator.json");
+      expect(readFileSync(join(dataDir, "hatch-proxy.pid"), "utf8").trim()).toBe(String(sim.child.pid));
+
+      // Another `hatch-proxy sim` on the same directory (another port), then an embedded start.
+      const second = spawn(process.execPath, [BIN, "sim"], {
+        env: { ...process.env, HATCH_SIM_ADDR: "127.0.0.1:0", HATCH_SIM_IP_PREFIX: "127.78.9", HATCH_DATA_DIR: dataDir },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      children.push(second);
+      let out = "";
+      second.stdout!.on("data", (c) => (out += c));
+      second.stderr!.on("data", (c) => (out += c));
+      const code = await new Promise<number | null>((r) => second.once("exit", (c) => r(c)));
+      expect(code, out).not.toBe(0);
+      expect(out).toContain(`the data directory ${dataDir} is in use by process ${sim.child.pid}`);
+      const start = await startStack(testConfig({ dataDir, databaseUrl: undefined, simIpPrefix: "127.78.9", simAddr: { host: "127.0.0.1", port: 0 } }), silentLogger, { simulator: true }).then(
+        async (s) => {
+          await s.close();
+          return undefined;
+        },
+        (e: unknown) => e,
+      );
+      expect(start).toBeInstanceOf(DataDirInUseError);
+
+      expect(snapshot(dataDir)).toEqual(before);
+      const echo = await call(`http://${vm.guest_ip}:8080`, { host: "x" });
+      expect(echo.json().vm_id).toBe(vm.id);
+    } finally {
+      await sim.stop();
+    }
+    expect(existsSync(join(dataDir, "hatch-proxy.pid"))).toBe(false);
+  }, 60_000);
 });

@@ -11,7 +11,7 @@ import { parse } from "yaml";
 import { freePort } from "./env.ts";
 
 export const REPO = fileURLToPath(new URL("../..", import.meta.url));
-const BIN = join(REPO, "bin/hatch-proxy.js");
+export const BIN = join(REPO, "bin/hatch-proxy.js");
 
 export interface Product {
   child: ChildProcess;
@@ -120,12 +120,12 @@ export async function startProduct(opts: ProductOptions): Promise<Product> {
 }
 
 /** A standalone simulator (`hatch-proxy sim`): its VMs outlive the product under test. */
-export async function startSimulator(ipPrefix: string, dir: string): Promise<{ url: string; child: ChildProcess; stop(): Promise<void> }> {
+export async function startSimulator(ipPrefix: string, dir: string, dataDir = join(dir, "sim-data")): Promise<{ url: string; child: ChildProcess; stop(): Promise<void> }> {
   const port = await freePort();
   let out = "";
   const child = spawn(process.execPath, [BIN, "sim"], {
     cwd: dir,
-    env: { ...process.env, HATCH_SIM_ADDR: `127.0.0.1:${port}`, HATCH_SIM_IP_PREFIX: ipPrefix, HATCH_SIM_RESTORE_MS: "300", HATCH_DATA_DIR: join(dir, "sim-data") },
+    env: { ...process.env, HATCH_SIM_ADDR: `127.0.0.1:${port}`, HATCH_SIM_IP_PREFIX: ipPrefix, HATCH_SIM_RESTORE_MS: "300", HATCH_DATA_DIR: dataDir },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout!.on("data", (c) => (out += c));
