@@ -144,7 +144,7 @@ export const ENV_VARS = {
   HATCH_TRAEFIK_CERT_RESOLVER: { default: undefined, schema: nonEmpty, doc: "When set, routers get TLS with this cert resolver and a wildcard domain for the base domain." },
   HATCH_TRAEFIK_TOKEN: { default: undefined, schema: nonEmpty, doc: "Bearer token required on /traefik/config. Unset: only loopback clients may read it." },
   HATCH_ROUTE_API_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the route API (the `api.<base>` router and the HTTP provider endpoint). Default: derived from HATCH_HTTP_ADDR." },
-  HATCH_TRAEFIK_PLATFORM_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the VM platform's API, for every call on `api.<base>` that is not a route call. Default: HATCH_API_URL, else the simulator at HATCH_SIM_ADDR." },
+  HATCH_TRAEFIK_PLATFORM_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the VM platform's API, for every call on `api.<base>` that is not a route call. Default: HATCH_API_URL. With the built-in simulator (which checks no key) it stays unset and those calls go through the route API, which checks the key first." },
   HATCH_WAKE_URL: { default: undefined, schema: httpUrl, doc: "URL Traefik uses to reach the wake sidecar. Default: derived from HATCH_WAKE_ADDR." },
   HATCH_WAKE_SECRET: { default: undefined, schema: nonEmpty, doc: "Shared secret Traefik adds (X-Hatch-Wake-Secret) and the sidecar requires." },
   HATCH_WAKE_MAX_BODY: { default: "10MiB", schema: bytes, doc: "Largest request body held while a VM wakes (larger → 413)." },
@@ -186,8 +186,11 @@ export interface Config {
   traefikCertResolver: string | undefined;
   traefikToken: string | undefined;
   routeApiUrl: string;
-  /** Where Traefik sends `api.<base>` calls that are not route calls (the VM platform's API). */
-  traefikPlatformUrl: string;
+  /**
+   * Where Traefik sends `api.<base>` calls that are not route calls (the VM platform's API);
+   * undefined: to the route API, which checks the key and relays them.
+   */
+  traefikPlatformUrl: string | undefined;
   wakeUrl: string;
   wakeSecret: string | undefined;
   wakeMaxBody: number;
@@ -285,7 +288,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     traefikCertResolver: out.HATCH_TRAEFIK_CERT_RESOLVER as string | undefined,
     traefikToken: out.HATCH_TRAEFIK_TOKEN as string | undefined,
     routeApiUrl: (out.HATCH_ROUTE_API_URL as string | undefined) ?? addrToUrl(httpAddr),
-    traefikPlatformUrl: (out.HATCH_TRAEFIK_PLATFORM_URL as string | undefined) ?? (out.HATCH_API_URL as string | undefined) ?? addrToUrl(get("HATCH_SIM_ADDR") as ListenAddr),
+    // Never the built-in simulator straight from Traefik: it checks no key, and api.<base> is public.
+    traefikPlatformUrl: (out.HATCH_TRAEFIK_PLATFORM_URL as string | undefined) ?? (out.HATCH_API_URL as string | undefined),
     wakeUrl: (out.HATCH_WAKE_URL as string | undefined) ?? addrToUrl(wakeAddr),
     wakeSecret: out.HATCH_WAKE_SECRET as string | undefined,
     wakeMaxBody: get("HATCH_WAKE_MAX_BODY") as number,

@@ -291,9 +291,11 @@ function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames:
   }
   need(internal && apiConfig.traefikApiUrls.some((u) => Number(new URL(u).port) === internal.port), "api: HATCH_TRAEFIK_API_URLS does not name traefik's `traefik` entry point port");
 
-  // api.<base>'s VM calls go from Traefik straight to the platform: the URL must reach it from there.
+  // api.<base>'s VM calls: Traefik sends them to HATCH_TRAEFIK_PLATFORM_URL. The simulator checks no
+  // key, so with it they must go to the api, which checks the key and relays them.
   if (sim && apiConfig.hatchApiUrl && reach(doc, api, apiConfig.hatchApiUrl) === sim) {
-    need(reach(doc, traefikName, apiConfig.traefikPlatformUrl) === sim, `api: HATCH_TRAEFIK_PLATFORM_URL ${apiConfig.traefikPlatformUrl} does not reach the simulator from traefik`);
+    const target = apiConfig.traefikPlatformUrl;
+    need(target !== undefined && reach(doc, traefikName, target) === api, `api: HATCH_TRAEFIK_PLATFORM_URL ${target ?? "(unset)"} does not reach the api from traefik: VM calls on api.<base> would reach the simulator, which checks no key`);
   }
 
   // The database: one URL, the postgres service's credentials.
@@ -393,7 +395,8 @@ describe("compose.yaml agrees with the code", () => {
     ["a second published port", (d) => void (svc(d, "api").ports = ["8080:8080"]), "api: publishes ports (only traefik may)"],
     ["no Traefik API URL on the api", setEnv("api", "HATCH_TRAEFIK_API_URLS", undefined), "api: HATCH_TRAEFIK_API_URLS is unset: Traefik's direct traffic would not count as activity"],
     ["Traefik's API on loopback only", setFlag("entryPoints.traefik.address", "127.0.0.1:9092"), "api: HATCH_TRAEFIK_API_URLS entry http://traefik:9092 does not reach traefik's API entry point"],
-    ["a platform URL Traefik cannot reach", setEnv("api", "HATCH_TRAEFIK_PLATFORM_URL", "http://127.0.0.1:8091"), "api: HATCH_TRAEFIK_PLATFORM_URL http://127.0.0.1:8091 does not reach the simulator from traefik"],
+    ["a platform URL Traefik cannot reach", setEnv("api", "HATCH_TRAEFIK_PLATFORM_URL", "http://127.0.0.1:8091"), "api: HATCH_TRAEFIK_PLATFORM_URL http://127.0.0.1:8091 does not reach the api from traefik"],
+    ["VM calls from Traefik straight to the simulator", setEnv("api", "HATCH_TRAEFIK_PLATFORM_URL", "http://127.0.0.1:8090"), "api: HATCH_TRAEFIK_PLATFORM_URL http://127.0.0.1:8090 does not reach the api from traefik: VM calls on api.<base> would reach the simulator, which checks no key"],
     ["Traefik's API in insecure mode", (d) => void svc(d, "traefik").command.push("--api.insecure=true"), "traefik: api.insecure serves every API page"],
     ["a published port that is not the entry point", (d) => void (svc(d, "traefik").ports = ["9090:9092"]), "traefik: publishes container port(s) 9092 but its public entry point listens on 9090"],
     ["routers on a missing entry point", setEnv("api", "HATCH_TRAEFIK_ENTRYPOINTS", "websecure"), 'traefik: has no entry point "websecure"'],

@@ -42,6 +42,11 @@ describe("loadConfig", () => {
     const moved = loadConfig({ HATCH_WAKE_ADDR: "127.0.0.5:7000", HATCH_HTTP_ADDR: ":7001" });
     expect(moved.wakeUrl).toBe("http://127.0.0.5:7000");
     expect(moved.routeApiUrl).toBe("http://127.0.0.1:7001");
+    // Traefik sends api.<base>'s VM calls straight to a platform only when one is named: never to
+    // the built-in simulator, which checks no key (the route API relays them after its own check).
+    expect(c.traefikPlatformUrl).toBeUndefined();
+    expect(loadConfig({ HATCH_API_URL: "http://hatchd:8080" }).traefikPlatformUrl).toBe("http://hatchd:8080");
+    expect(loadConfig({ HATCH_API_URL: "http://hatchd:8080", HATCH_TRAEFIK_PLATFORM_URL: "http://10.0.0.2:8080" }).traefikPlatformUrl).toBe("http://10.0.0.2:8080");
   });
 
   it("lists every bad variable with its value and the accepted form, hiding secrets", () => {

@@ -77,6 +77,20 @@ class SdkLikeClient {
   }
 }
 
+/** One request with an optional Authorization header, its status and body. */
+function rawRequest(url: string, method: string, authorization?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(url), { method, lookup, agent: false, headers: authorization ? { authorization } : {} }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
 /** A GET of the app through the public front, following a 307 as fetch does. */
 function visit(url: string, hops = 0): Promise<{ status: number; json: any; cold: string | undefined }> {
   return new Promise((resolve, reject) => {
@@ -220,6 +234,37 @@ describe("a client that behaves as Hatch's SDK, on one base URL", () => {
       // No hop of ours for VM calls: the route API relayed none of them, and answered the route calls.
       expect(await relayed(stack)).toBe(before);
       expect(await apiRequests(stack, ["/vms/:vm_id/routes", "/routes/:route_id"])).toBe(routeCalls + 6);
+    });
+  });
+
+  // The built-in simulator checks no key. npm start's default config never lets Traefik send it
+  // api.<base>'s VM calls: they go to the route API, which checks the key first and relays them.
+  describe.skipIf(!bin)("through a real Traefik, with a platform that checks no key (the simulator's default)", () => {
+    let stack: Stack;
+    let traefik: TestTraefik;
+    beforeAll(async () => {
+      const tports = await traefikPorts();
+      const config = stackConfig(await stackPorts(), { ...(await freshPglite()).overrides, hatchApiUrl: simulator.url, wakeSecret: "sdk-secret-2", traefikApiUrls: [tports.apiUrl], idleTimeoutMs: 0 });
+      stack = await startSleepStack({ ...config, traefikPlatformUrl: undefined }, "traefik");
+      traefik = await startTestTraefik(bin!, { providerUrl: `${stack.api!.url}/traefik/config`, ...tports });
+      await traefik.waitForRouter("hatch-api");
+    });
+    afterAll(async () => {
+      await traefik?.stop();
+      await stack?.close();
+    });
+
+    it("refuses VM calls without the key, and relays them with it", async () => {
+      const url = `http://api.hatch.local:${traefik.entryPort}`;
+      for (const [method, path] of [["GET", "/vms"], ["POST", "/vms"], ["GET", "/vms/vm_x"], ["DELETE", "/vms/vm_x"]] as const) {
+        const anon = await rawRequest(`${url}${path}`, method);
+        expect([anon.status, JSON.parse(anon.body).error], `${method} ${path} without a key`).toEqual([401, "missing api key"]);
+        const wrong = await rawRequest(`${url}${path}`, method, "Bearer not-the-key");
+        expect([wrong.status, JSON.parse(wrong.body).error], `${method} ${path} with a wrong key`).toEqual([401, "invalid api key"]);
+      }
+      const before = await relayed(stack);
+      await life(new SdkLikeClient({ apiUrl: url, apiKey: API_KEY }), traefik.entryPort, "relayed");
+      expect(await relayed(stack)).toBeGreaterThan(before);
     });
   });
 });
