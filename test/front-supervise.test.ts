@@ -1,6 +1,6 @@
 /**
- * The Traefik `npm start` runs in front is supervised: killed, it is restarted (and /readyz is red
- * in between); and it outlives a crash of hatch-proxy, routing running VMs from its last config
+ * The Traefik `npm start` runs in front is supervised: killed or hung, it is restarted (and /readyz
+ * is red in between); and it outlives a crash of hatch-proxy, routing running VMs from its last config
  * until the next start replaces it. VMs live in a separate simulator process, as real VMs would.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -93,6 +93,32 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     expect(lines.find((l) => l.msg === "traefik exited; restarting")).toMatchObject({ level: "error", signal: "SIGKILL", restart: 1 });
     expect(lines.find((l) => l.msg === "traefik restarted")).toMatchObject({ level: "info", restart: 1 });
   }, 30_000);
+
+  it("kills and restarts a Traefik that is alive but answers nothing (hung)", async () => {
+    const p = product!;
+    const [pid] = traefikPids(dir);
+    // SIGSTOP: the process lives and holds its ports, but routes nothing and never exits by itself.
+    process.kill(pid!, "SIGSTOP");
+    const stopped = performance.now();
+    try {
+      const r = await fetch(`${p.apiUrl}/readyz`, { signal: AbortSignal.timeout(5000) });
+      expect(r.status).toBe(503);
+      expect(((await r.json()) as { checks: Record<string, string> }).checks.front).toMatch(/does not answer its ping/);
+      await waitFor(() => p.logLines().some((l) => l.msg === "traefik hung; killed it and restarting"), "the hang to be seen", 20_000, 100);
+      await waitFor(async () => (await fetch(`${p.apiUrl}/readyz`)).status === 200, "/readyz to recover", 15_000);
+    } finally {
+      try {
+        process.kill(pid!, "SIGCONT");
+      } catch {
+        // killed, as expected
+      }
+    }
+    console.info(`[front-supervise] Traefik stopped (SIGSTOP): routing again after ${Math.round(performance.now() - stopped)} ms`);
+    expect(traefikPids(dir)).toHaveLength(1);
+    expect(traefikPids(dir)[0]).not.toBe(pid);
+    expect(p.logLines().find((l) => l.msg === "traefik hung; killed it and restarting")).toMatchObject({ level: "error", pid });
+    expect((await viaProxy(p, "svapp", "/after-hang")).status).toBe(200);
+  }, 45_000);
 
   it("moves Traefik to a free port when its own was taken while it was down, and the sleeper follows", async () => {
     const p = product!;

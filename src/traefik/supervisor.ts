@@ -6,7 +6,9 @@
  * - its loopback entry point gets a port free at start, and a start counts only once the Traefik
  *   answering there routes to this process's sidecar: another instance's Traefik does not count;
  * - when it exits it is restarted with backoff, each restart logged, and `/readyz` says why the
- *   front is down until it routes again.
+ *   front is down until it routes again;
+ * - a Traefik that is alive but stops answering its ping (hung, stopped, wedged) is killed once the
+ *   silence lasts `hangTimeoutMs`, and then restarted like one that exited.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -30,7 +32,12 @@ export interface TraefikSupervisorOptions {
   restartDelayMs?: { first: number; max: number };
   /** How long Traefik gets to stop on SIGTERM before SIGKILL. Default 3 s. */
   stopTimeoutMs?: number;
+  /** A running Traefik that answers no ping for this long is killed and restarted. Default 10 s. */
+  hangTimeoutMs?: number;
 }
+
+/** How often a running Traefik is pinged by the hang watch. */
+const WATCH_EVERY_MS = 1000;
 
 type State = "new" | "starting" | "up" | "down" | "stopping" | "stopped";
 
@@ -52,6 +59,11 @@ export class TraefikSupervisor {
   private downSince = 0;
   private restartTimer: NodeJS.Timeout | undefined;
   private restarting: Promise<void> | undefined;
+  private readonly hangTimeoutMs: number;
+  private watchTimer: NodeJS.Timeout | undefined;
+  private lastPingOk = 0;
+  /** Set when the hang watch killed the child: its exit is then told as a hang, not a crash. */
+  private hung: string | undefined;
 
   constructor(private readonly opts: TraefikSupervisorOptions) {
     const dir = resolve(opts.config.dataDir);
@@ -64,6 +76,7 @@ export class TraefikSupervisor {
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
     this.delays = opts.restartDelayMs ?? { first: 500, max: 30_000 };
     this.stopTimeoutMs = opts.stopTimeoutMs ?? 3000;
+    this.hangTimeoutMs = opts.hangTimeoutMs ?? 10_000;
     this.nextDelay = this.delays.first;
   }
 
@@ -109,6 +122,7 @@ export class TraefikSupervisor {
       }
     }
     this.state = "up";
+    this.watch();
     this.opts.log.info("traefik started", { pid: this.child!.pid, static_config: this.files.config, api: this.apiUrl });
   }
 
@@ -134,6 +148,7 @@ export class TraefikSupervisor {
   async stop(): Promise<void> {
     this.state = "stopping";
     clearTimeout(this.restartTimer);
+    clearTimeout(this.watchTimer);
     const child = this.child;
     if (child) await stopChild(child, this.stopTimeoutMs);
     // A restart under way has just lost its child, or sees the state before spawning one: quick.
@@ -146,6 +161,7 @@ export class TraefikSupervisor {
   kill(): void {
     this.state = "stopped";
     clearTimeout(this.restartTimer);
+    clearTimeout(this.watchTimer);
     const pid = this.pid;
     if (pid) {
       try {
@@ -231,12 +247,43 @@ export class TraefikSupervisor {
   private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (child !== this.child || this.state !== "up") return;
     rmSync(this.files.pid, { force: true });
-    const how = signal ?? `code ${code}`;
+    clearTimeout(this.watchTimer);
+    const hung = this.hung;
+    this.hung = undefined;
     if (Date.now() - this.upSince >= HEALTHY_RUN_MS) this.nextDelay = this.delays.first;
     this.state = "down";
-    this.downSince = Date.now();
-    this.opts.log.error("traefik exited; restarting", { code, signal, restart: this.restarts + 1, in_ms: this.nextDelay, log: this.files.log });
-    this.scheduleRestart(`traefik exited (${how})`);
+    // A hang began when the pings stopped, not when the watch gave up on them.
+    this.downSince = hung ? this.lastPingOk : Date.now();
+    if (hung) {
+      this.opts.log.error("traefik hung; killed it and restarting", { pid: child.pid, silent_ms: Date.now() - this.lastPingOk, restart: this.restarts + 1, in_ms: this.nextDelay, log: this.files.log });
+      this.scheduleRestart(hung);
+    } else {
+      this.opts.log.error("traefik exited; restarting", { code, signal, restart: this.restarts + 1, in_ms: this.nextDelay, log: this.files.log });
+      this.scheduleRestart(`traefik exited (${signal ?? `code ${code}`})`);
+    }
+  }
+
+  /**
+   * Pings the running Traefik every second. A process that is alive but silent for the hang timeout
+   * (stopped, deadlocked, starved) routes nothing and would never exit on its own: it is killed,
+   * and its exit restarts it.
+   */
+  private watch(): void {
+    this.lastPingOk = Date.now();
+    const child = this.child;
+    const tick = async () => {
+      if (this.state !== "up" || child !== this.child) return;
+      const ok = await fetch(`${this.apiUrl}/ping`, { signal: AbortSignal.timeout(WATCH_EVERY_MS) }).then((r) => r.ok, () => false);
+      if (this.state !== "up" || child !== this.child) return;
+      if (ok) this.lastPingOk = Date.now();
+      else if (Date.now() - this.lastPingOk >= this.hangTimeoutMs) {
+        this.hung = `traefik (pid ${child?.pid}) answered no ping for ${formatMs(Date.now() - this.lastPingOk)}; killed`;
+        child?.kill("SIGKILL");
+        return;
+      }
+      this.watchTimer = setTimeout(tick, WATCH_EVERY_MS).unref();
+    };
+    this.watchTimer = setTimeout(tick, WATCH_EVERY_MS).unref();
   }
 
   private scheduleRestart(why: string): void {
@@ -264,6 +311,7 @@ export class TraefikSupervisor {
     // stop() may have come while it started: that Traefik is stopped there.
     if ((this.state as State) !== "down") return;
     this.state = "up";
+    this.watch();
     this.opts.log.info("traefik restarted", { restart: this.restarts, pid: this.child?.pid, down_ms: Date.now() - this.downSince });
   }
 
