@@ -310,5 +310,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
 
 /** Config for tests: defaults, in-memory-friendly, overridable field by field. */
 export function testConfig(overrides: Partial<Config> = {}): Config {
-  return { ...loadConfig({ HATCH_LOG_LEVEL: "silent", HATCH_API_KEYS: "test-key" }), ...overrides };
+  return {
+    ...loadConfig({ HATCH_LOG_LEVEL: "silent", HATCH_API_KEYS: "test-key" }),
+    // Derived from HATCH_API_URL by the parser: a test that names a platform gets it here too.
+    ...(overrides.hatchApiUrl && { traefikPlatformUrl: overrides.hatchApiUrl }),
+    ...overrides,
+  };
 }

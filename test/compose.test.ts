@@ -623,6 +623,7 @@ describe.skipIf(!traefikBinary() || !(await postgresEnabled()))("the compose top
         ...(env.HATCH_WAKE_URL && { HATCH_WAKE_URL: `http://127.0.0.1:${ports.wake}` }),
         ...(env.HATCH_SIM_ADDR && { HATCH_SIM_ADDR: `127.0.0.1:${ports.sim}`, HATCH_SIM_IP_PREFIX: "127.0.95", HATCH_SIM_RESTORE_MS: "300" }),
         ...(env.HATCH_API_URL === "http://sim:8090" && { HATCH_API_URL: `http://127.0.0.1:${ports.sim}` }),
+        ...(env.HATCH_TRAEFIK_PLATFORM_URL === "http://api:8080" && { HATCH_TRAEFIK_PLATFORM_URL: `http://127.0.0.1:${ports.api}` }),
         ...(env.HATCH_TRAEFIK_API_URLS && { HATCH_TRAEFIK_API_URLS: `http://127.0.0.1:${ports.internal}` }),
       };
       // Every compose address must have been moved: a leftover would dial a name that does not resolve here.

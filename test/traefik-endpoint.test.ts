@@ -65,7 +65,7 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     const service = await startService(t.database, dir, testConfig());
     expect(service.current()).toBeUndefined();
     dir.markReady(true);
-    await expect.poll(() => service.current()?.routers, { timeout: 1000, interval: 20 }).toBe(4);
+    await expect.poll(() => service.current()?.routers, { timeout: 1000, interval: 20 }).toBe(3); // hatch-api, hatch-streams, hatch-wake
   });
 
   it("answers 503 when the database fails before the first build, without the driver's message", async () => {
@@ -87,10 +87,10 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     const service = await startService(t.database, dir, testConfig());
     const app = traefikEndpoint(service, { config: testConfig(), log: silentLogger, clientAddress: loopback });
     const routers = async () => Object.keys(((await (await app.request("/config")).json()) as any).http.routers).sort();
-    expect(await routers()).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake"]);
+    expect(await routers()).toEqual(["hatch-api", "hatch-streams", "hatch-wake"]);
 
     await insertRoute(t.database, route("vm_follow", "follow-me"));
-    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake", "rt_followme", "rt_followme-get"]);
+    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-wake", "rt_followme", "rt_followme-get"]);
     const res = await app.request("/config");
     expect(res.headers.get("content-type")).toBe("application/json");
     const body = (await res.json()) as any;
@@ -98,11 +98,11 @@ describe.each(await dbKinds())("traefik endpoint on %s", (kind) => {
     expect(body.http.services.rt_followme).toEqual({ loadBalancer: { passHostHeader: true, servers: [{ url: "http://127.0.1.7:8080" }], serversTransport: "hatch-vm" } });
 
     dir.set("vm_follow", "snapshotted");
-    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake"]);
+    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-wake"]);
     dir.set("vm_follow", "running", "127.0.1.8");
-    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake", "rt_followme", "rt_followme-get"]);
+    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-wake", "rt_followme", "rt_followme-get"]);
     await deleteRoute(t.database, "rt_followme");
-    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-vm-api", "hatch-wake"]);
+    await expect.poll(routers).toEqual(["hatch-api", "hatch-streams", "hatch-wake"]);
   });
 
   it("keeps serving the last good config while the database fails, and recovers", async () => {

@@ -63,8 +63,6 @@ export function stackConfig(ports: StackPorts, overrides: Partial<Config>): Conf
     wakePageAfterMs: 0,
     vmSyncIntervalMs: 500,
     logLevel: "silent",
-    // Derived from HATCH_API_URL by the config parser; a test that sets the platform sets this too.
-    ...(overrides.hatchApiUrl && { traefikPlatformUrl: overrides.hatchApiUrl }),
     ...overrides,
   });
 }
