@@ -3,7 +3,6 @@
  * processes, and stops them cleanly on SIGINT/SIGTERM within 5 s (a second signal forces exit).
  */
 import { join } from "node:path";
-import { randomBytes } from "node:crypto";
 import { addrToUrl, ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { openConfiguredDatabase } from "./db/client.ts";
@@ -135,12 +134,11 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   if (!traefikBin && config.proxyFront === "traefik") {
     throw new Error(`HATCH_PROXY_FRONT=traefik but no Traefik binary was found${config.traefikBin ? ` (TRAEFIK_BIN=${config.traefikBin} is not executable)` : " (set TRAEFIK_BIN, put traefik on PATH, or run `bash scripts/traefik.sh`)"}`);
   }
-  // Traefik, the sidecar and the API are all ours here, so they can share a fresh wake secret, and a
-  // provider token that keeps the config (which carries that secret) from other local users: without
-  // one, /traefik/config answers any loopback client. Both stay in memory and in the mode-600 traefik.yml.
-  if (traefikBin && !config.wakeSecret) config = { ...config, wakeSecret: randomBytes(24).toString("base64url") };
+  // Traefik, the sidecar and the API are all ours here, so they share a wake secret and a provider
+  // token that keeps the config (which carries that secret) from other local users: without one,
+  // /traefik/config answers any loopback client. The supervisor settles them (fresh, or those of the
+  // Traefik an earlier run left routing); they stay in memory and in mode-600 files of the data directory.
   const tokenFile = traefikBin && !config.traefikToken ? join(config.dataDir, "traefik.yml") : undefined;
-  if (tokenFile) config = { ...config, traefikToken: randomBytes(24).toString("base64url") };
   let traefik: TraefikSupervisor | undefined;
   // The fronts are built with the stack; our Traefik may move its port or fail to start later.
   const otherFronts = config.traefikApiUrls;
@@ -153,7 +151,8 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
       onApiUrl: (url) => stack?.fronts?.setUrls([...otherFronts, url]),
     });
     // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
-    config = { ...config, traefikApiUrls: [...otherFronts, await traefik.prepare()] };
+    const { apiUrl, secrets } = await traefik.prepare();
+    config = { ...config, ...secrets, traefikApiUrls: [...otherFronts, apiUrl] };
   }
   let frontCheck: () => Promise<string | undefined> = async () => (traefik ? traefik.notReadyReason() : undefined);
   stack = await startStack(config, log, {

@@ -2,7 +2,8 @@
  * The Traefik that `npm start` runs in front of the sidecar, kept alive:
  * - it runs in its own session with its output going straight to a file, so it outlives a crash of
  *   this process and keeps routing running VMs from its last good config (as compose's separate
- *   container does); the next start replaces it (its pid is kept in the data directory);
+ *   container does); the next start adopts it when its static config is the one this start would
+ *   write (no gap in routing), and replaces it otherwise (its pid is kept in the data directory);
  * - its loopback entry point gets a port free at start, and a start counts only once the Traefik
  *   answering there routes to this process's sidecar: another instance's Traefik does not count;
  * - when it exits it is restarted with backoff, each restart logged, and `/readyz` says why the
@@ -14,7 +15,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { resolve } from "node:path";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
+import { randomBytes } from "node:crypto";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { WAKE_SERVICE } from "./config-builder.ts";
@@ -41,16 +43,33 @@ const WATCH_EVERY_MS = 1000;
 
 type State = "new" | "starting" | "up" | "down" | "stopping" | "stopped";
 
+/** The secrets Traefik and this process share: the provider token and the wake secret. */
+export interface FrontSecrets {
+  traefikToken: string;
+  wakeSecret: string;
+}
+
+/** A Traefik process: our child, or one an earlier run left behind and this one adopted. */
+interface TraefikProcess {
+  readonly pid: number;
+  readonly exited: boolean;
+  kill(signal: NodeJS.Signals): void;
+  /** Called once, when the process is gone; `how` says how when it is known. */
+  onExit(cb: (how: { code: number | null; signal: NodeJS.Signals | null }) => void): void;
+}
+
 /** A run that lasted this long was healthy: the next crash restarts after the first delay again. */
 const HEALTHY_RUN_MS = 60_000;
 
 export class TraefikSupervisor {
-  readonly files: { config: string; internalApi: string; log: string; pid: string };
+  readonly files: { config: string; internalApi: string; log: string; pid: string; secrets: string };
   private readonly startTimeoutMs: number;
   private readonly delays: { first: number; max: number };
   private readonly stopTimeoutMs: number;
   private port = 0;
-  private child: ChildProcess | undefined;
+  private child: TraefikProcess | undefined;
+  /** The opts' config with the shared secrets this start settled on (prepare()). */
+  private config: Config;
   private state: State = "new";
   private downReason = "";
   private restarts = 0;
@@ -72,7 +91,9 @@ export class TraefikSupervisor {
       internalApi: resolve(dir, "traefik-internal-api.yml"),
       log: resolve(dir, "traefik.log"),
       pid: resolve(dir, "traefik.pid"),
+      secrets: resolve(dir, "traefik-secrets.json"),
     };
+    this.config = opts.config;
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
     this.delays = opts.restartDelayMs ?? { first: 500, max: 30_000 };
     this.stopTimeoutMs = opts.stopTimeoutMs ?? 3000;
@@ -87,25 +108,61 @@ export class TraefikSupervisor {
 
   /** The running Traefik's pid, if any. */
   get pid(): number | undefined {
-    return this.child?.exitCode === null && this.child.signalCode === null ? this.child.pid : undefined;
+    return this.child && !this.child.exited ? this.child.pid : undefined;
   }
 
   /**
-   * Replaces a Traefik an earlier run left behind (a crash of ours leaves it routing), picks the
-   * loopback port and writes the static config. Resolves with the API URL, before anything listens,
-   * so the sleeper can be told where to read.
+   * Settles the shared secrets and the loopback port, before anything listens (the stack needs the
+   * secrets, the sleeper the API URL). A Traefik an earlier run left behind (a crash of ours leaves
+   * it routing) is adopted when its static config is the one this start would write with the
+   * secrets it was given: it keeps routing throughout, and polls this process's config from then on.
+   * Otherwise it is replaced, and the config's secrets (or fresh ones) are written for a new Traefik.
    */
-  async prepare(): Promise<string> {
+  async prepare(): Promise<{ apiUrl: string; secrets: FrontSecrets; adopted: boolean }> {
     mkdirSync(this.opts.config.dataDir, { recursive: true });
-    await this.replaceLeftover();
+    const leftover = this.leftoverPid();
+    if (leftover !== undefined) {
+      const kept = this.adoptable();
+      if (kept) {
+        this.config = { ...this.opts.config, ...kept.secrets };
+        this.port = kept.port;
+        this.child = adopt(leftover);
+        writeFileSync(this.files.pid, `${leftover}\n`);
+        this.opts.log.info("adopting the Traefik an earlier hatch-proxy left running", { pid: leftover, api: this.apiUrl });
+        return { apiUrl: this.apiUrl, secrets: kept.secrets, adopted: true };
+      }
+      await this.replace(leftover);
+    }
+    const secrets: FrontSecrets = {
+      traefikToken: this.opts.config.traefikToken ?? randomBytes(24).toString("base64url"),
+      wakeSecret: this.opts.config.wakeSecret ?? randomBytes(24).toString("base64url"),
+    };
+    this.config = { ...this.opts.config, ...secrets };
     this.port = await freeLoopbackPort(TRAEFIK_INTERNAL_PORT);
     this.writeFiles();
-    return this.apiUrl;
+    return { apiUrl: this.apiUrl, secrets, adopted: false };
   }
 
   /** The first start: resolves once Traefik routes with our config, rejects (and stops it) otherwise. */
   async start(): Promise<void> {
     this.state = "starting";
+    const adopted = this.child;
+    if (adopted) {
+      try {
+        await this.waitUntilOurs(adopted);
+        this.supervise(adopted);
+        this.state = "up";
+        this.watch();
+        this.opts.log.info("traefik adopted: routing with this process's config", { pid: adopted.pid, api: this.apiUrl });
+        return;
+      } catch (err) {
+        this.opts.log.warn("the adopted Traefik does not route with this process's config; replacing it", { pid: adopted.pid, error: err });
+        await stopProcess(adopted, this.stopTimeoutMs);
+        this.child = undefined;
+        this.port = await freeLoopbackPort(TRAEFIK_INTERNAL_PORT);
+        this.writeFiles();
+      }
+    }
     for (let attempt = 1; ; attempt++) {
       try {
         await this.launch();
@@ -150,7 +207,7 @@ export class TraefikSupervisor {
     clearTimeout(this.restartTimer);
     clearTimeout(this.watchTimer);
     const child = this.child;
-    if (child) await stopChild(child, this.stopTimeoutMs);
+    if (child) await stopProcess(child, this.stopTimeoutMs);
     // A restart under way has just lost its child, or sees the state before spawning one: quick.
     await this.restarting?.catch(() => {});
     rmSync(this.files.pid, { force: true });
@@ -176,43 +233,57 @@ export class TraefikSupervisor {
   // ---- starting one Traefik ---------------------------------------------------------------------
 
   private writeFiles(): void {
-    const { config } = this.opts;
+    const { config } = this;
     writeFileSync(this.files.internalApi, stringify(internalApiRoutes()), { mode: 0o600 });
     // Traefik gets 2 s of its own grace on stop (then our SIGKILL at 3 s), within npm start's 5 s.
     const staticConfig = buildStaticConfig(config, { apiPort: this.port, internalApiFile: this.files.internalApi, graceTimeOut: "2s" });
     // The file holds the provider token when one is set.
     writeFileSync(this.files.config, stringify(staticConfig), { mode: 0o600 });
+    // For the next start, to adopt this Traefik if we crash: what it must serve it to keep it.
+    const secrets = { traefik_token: config.traefikToken, wake_secret: config.wakeSecret };
+    writeFileSync(this.files.secrets, `${JSON.stringify(secrets)}\n`, { mode: 0o600 });
+  }
+
+  /** The static config a Traefik on `port` would have been started with by this start, given `secrets`. */
+  private staticConfigText(port: number, secrets: FrontSecrets): string {
+    const config = { ...this.opts.config, ...secrets };
+    return stringify(buildStaticConfig(config, { apiPort: port, internalApiFile: this.files.internalApi, graceTimeOut: "2s" }));
   }
 
   /** Spawns Traefik and waits until it routes with our config; on failure it is stopped again. */
   private async launch(): Promise<void> {
     if (this.state === "stopping" || this.state === "stopped") throw new Error("traefik is being stopped");
     const logFd = openSync(this.files.log, "a");
-    let child: ChildProcess;
+    let spawned: ChildProcess;
     try {
       // Its own session: a Ctrl-C in our terminal is ours to handle, and Traefik never writes into a
       // pipe that dies with us (a SIGPIPE would take it down and every running VM's route with it).
-      child = spawn(this.opts.bin, [`--configFile=${this.files.config}`], { detached: true, stdio: ["ignore", logFd, logFd] });
+      spawned = spawn(this.opts.bin, [`--configFile=${this.files.config}`], { detached: true, stdio: ["ignore", logFd, logFd] });
     } finally {
       closeSync(logFd);
     }
+    const child = ownChild(spawned);
     this.child = child;
     const exited = new Promise<never>((_, reject) => {
-      child.once("error", (err) => reject(new Error(`traefik could not be run: ${err.message}`)));
-      child.once("exit", (code, signal) => reject(new Error(`traefik exited (${signal ?? `code ${code}`}) while starting; see ${this.files.log}`)));
+      spawned.once("error", (err) => reject(new Error(`traefik could not be run: ${err.message}`)));
+      child.onExit(({ code, signal }) => reject(new Error(`traefik exited (${signal ?? `code ${code}`}) while starting; see ${this.files.log}`)));
     });
     exited.catch(() => {});
     try {
       await Promise.race([this.waitUntilOurs(child), exited]);
       // Its exit may have come with the last answer; onExit below would never hear of it.
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`traefik exited while starting; see ${this.files.log}`);
+      if (child.exited) throw new Error(`traefik exited while starting; see ${this.files.log}`);
     } catch (err) {
-      await stopChild(child, this.stopTimeoutMs);
+      await stopProcess(child, this.stopTimeoutMs);
       throw err;
     }
-    if (child.pid) writeFileSync(this.files.pid, `${child.pid}\n`);
+    writeFileSync(this.files.pid, `${child.pid}\n`);
+    this.supervise(child);
+  }
+
+  private supervise(child: TraefikProcess): void {
     this.upSince = Date.now();
-    child.once("exit", (code, signal) => this.onExit(child, code, signal));
+    child.onExit((how) => this.onExit(child, how.code, how.signal));
   }
 
   /**
@@ -220,23 +291,23 @@ export class TraefikSupervisor {
    * it may come from another process on the port. The sidecar service of the loaded config must be
    * this process's: only one process can listen on our wake URL.
    */
-  private async waitUntilOurs(child: ChildProcess): Promise<void> {
+  private async waitUntilOurs(child: TraefikProcess): Promise<void> {
     const deadline = Date.now() + this.startTimeoutMs;
     const service = `${this.apiUrl}/api/http/services/${WAKE_SERVICE}@http`;
     let last = "no answer";
     for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`traefik exited while starting; see ${this.files.log}`);
+      if (child.exited) throw new Error(`traefik exited while starting; see ${this.files.log}`);
       try {
         const res = await fetch(service, { signal: AbortSignal.timeout(500) });
         const body = (await res.json().catch(() => undefined)) as { loadBalancer?: { servers?: { url?: string }[] } } | undefined;
         const urls = body?.loadBalancer?.servers?.map((s) => s.url) ?? [];
-        if (res.ok && urls.includes(this.opts.config.wakeUrl)) return;
-        last = res.ok ? `its sidecar is ${urls.join(", ") || "unknown"}, not ${this.opts.config.wakeUrl}: another hatch-proxy's Traefik holds ${this.apiUrl}` : `config not loaded yet (HTTP ${res.status})`;
+        if (res.ok && urls.includes(this.config.wakeUrl)) return;
+        last = res.ok ? `its sidecar is ${urls.join(", ") || "unknown"}, not ${this.config.wakeUrl}: another hatch-proxy's Traefik holds ${this.apiUrl}` : `config not loaded yet (HTTP ${res.status})`;
       } catch {
         last = "no answer";
       }
       if (Date.now() > deadline) {
-        throw new Error(`traefik did not route with the configuration from ${this.opts.config.routeApiUrl}/traefik/config within ${this.startTimeoutMs / 1000}s (${last}); see ${this.files.log}`);
+        throw new Error(`traefik did not route with the configuration from ${this.config.routeApiUrl}/traefik/config within ${this.startTimeoutMs / 1000}s (${last}); see ${this.files.log}`);
       }
       await sleep(100);
     }
@@ -244,7 +315,7 @@ export class TraefikSupervisor {
 
   // ---- supervision --------------------------------------------------------------------------------
 
-  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+  private onExit(child: TraefikProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (child !== this.child || this.state !== "up") return;
     rmSync(this.files.pid, { force: true });
     clearTimeout(this.watchTimer);
@@ -259,7 +330,7 @@ export class TraefikSupervisor {
       this.scheduleRestart(hung);
     } else {
       this.opts.log.error("traefik exited; restarting", { code, signal, restart: this.restarts + 1, in_ms: this.nextDelay, log: this.files.log });
-      this.scheduleRestart(`traefik exited (${signal ?? `code ${code}`})`);
+      this.scheduleRestart(`traefik exited (${signal ?? (code === null ? "status unknown: not our child" : `code ${code}`)})`);
     }
   }
 
@@ -325,43 +396,93 @@ export class TraefikSupervisor {
     this.opts.onApiUrl?.(this.apiUrl);
   }
 
-  /** A Traefik started from our static config by an earlier run that did not stop it (a crash). */
-  private async replaceLeftover(): Promise<void> {
+  /** The pid of a Traefik an earlier run started from our static config and did not stop (a crash). */
+  private leftoverPid(): number | undefined {
     let pid: number;
     try {
       pid = Number(readFileSync(this.files.pid, "utf8").trim());
     } catch {
-      return;
+      return undefined;
     }
     rmSync(this.files.pid, { force: true });
-    if (!Number.isInteger(pid) || pid <= 0 || !isOurTraefik(pid, this.files.config)) return;
-    this.opts.log.warn("replacing the Traefik an earlier hatch-proxy left running", { pid });
+    return Number.isInteger(pid) && pid > 0 && isOurTraefik(pid, this.files.config) ? pid : undefined;
+  }
+
+  /**
+   * The port and secrets to keep a leftover Traefik with: its static config must be byte for byte
+   * the one this start writes with them (same public address, provider endpoint, entry points), and
+   * secrets the operator set must be the ones it was given.
+   */
+  private adoptable(): { port: number; secrets: FrontSecrets } | undefined {
     try {
-      process.kill(pid, "SIGTERM");
+      const kept = JSON.parse(readFileSync(this.files.secrets, "utf8")) as { traefik_token?: unknown; wake_secret?: unknown };
+      if (typeof kept.traefik_token !== "string" || typeof kept.wake_secret !== "string") return undefined;
+      const secrets = { traefikToken: kept.traefik_token, wakeSecret: kept.wake_secret };
+      const { traefikToken, wakeSecret } = this.opts.config;
+      if ((traefikToken && traefikToken !== secrets.traefikToken) || (wakeSecret && wakeSecret !== secrets.wakeSecret)) return undefined;
+      const text = readFileSync(this.files.config, "utf8");
+      const address = String((parse(text) as { entryPoints?: { traefik?: { address?: unknown } } })?.entryPoints?.traefik?.address ?? "");
+      const port = Number(/^127\.0\.0\.1:(\d+)$/.exec(address)?.[1]);
+      if (!Number.isInteger(port) || port <= 0 || text !== this.staticConfigText(port, secrets)) return undefined;
+      return { port, secrets };
     } catch {
-      return;
+      return undefined;
     }
-    const deadline = Date.now() + this.stopTimeoutMs;
-    while (alive(pid)) {
-      if (Date.now() > deadline) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // gone in between
-        }
-      }
-      await sleep(50);
-    }
+  }
+
+  /** Stops a leftover Traefik this start cannot keep (SIGTERM, then SIGKILL). */
+  private async replace(pid: number): Promise<void> {
+    this.opts.log.warn("replacing the Traefik an earlier hatch-proxy left running (its static config differs from this start's)", { pid });
+    await stopProcess(adopt(pid), this.stopTimeoutMs);
   }
 }
 
-/** SIGTERM, SIGKILL after `timeoutMs`; resolves once the child has exited (bounded either way). */
-function stopChild(child: ChildProcess, timeoutMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+/** Our spawned child as a TraefikProcess. */
+function ownChild(child: ChildProcess): TraefikProcess {
+  return {
+    pid: child.pid ?? 0,
+    get exited() {
+      return child.exitCode !== null || child.signalCode !== null;
+    },
+    kill: (signal) => void child.kill(signal),
+    onExit: (cb) => void child.once("exit", (code, signal) => cb({ code, signal })),
+  };
+}
+
+/** A live Traefik that is not our child: its exit is seen by polling (its status is not ours to read). */
+function adopt(pid: number): TraefikProcess {
+  let exited = false;
+  const waiters: ((how: { code: number | null; signal: NodeJS.Signals | null }) => void)[] = [];
+  const poll = setInterval(() => {
+    if (alive(pid)) return;
+    exited = true;
+    clearInterval(poll);
+    for (const cb of waiters.splice(0)) cb({ code: null, signal: null });
+  }, 100);
+  poll.unref();
+  return {
+    pid,
+    get exited() {
+      return exited;
+    },
+    kill: (signal) => {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // already gone
+      }
+    },
+    onExit: (cb) => (exited ? cb({ code: null, signal: null }) : void waiters.push(cb)),
+  };
+}
+
+/** SIGTERM, SIGKILL after `timeoutMs`; resolves once the process has exited (bounded either way). */
+function stopProcess(child: TraefikProcess, timeoutMs: number): Promise<void> {
+  if (child.exited) return Promise.resolve();
   return new Promise((done) => {
     const kill = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     const giveUp = setTimeout(done, timeoutMs + 1000);
-    child.once("exit", () => {
+    child.onExit(() => {
       clearTimeout(kill);
       clearTimeout(giveUp);
       done();
