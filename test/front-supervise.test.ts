@@ -3,7 +3,7 @@
  * is red in between); and it outlives a crash of hatch-proxy, routing running VMs from its last config,
  * and the next start adopts it (no gap) or, when its static config changed, replaces it. VMs live in a separate simulator process, as real VMs would.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -199,5 +199,7 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     expect(await p.exited).toBe(0);
     product = undefined;
     expect(traefikPids(dir)).toEqual([]);
+    // Nothing left to adopt, and no secret of a Traefik that is gone.
+    expect(existsSync(join(dir, "data/traefik-secrets.json"))).toBe(false);
   }, 45_000);
 });

@@ -210,8 +210,14 @@ export class TraefikSupervisor {
     if (child) await stopProcess(child, this.stopTimeoutMs);
     // A restart under way has just lost its child, or sees the state before spawning one: quick.
     await this.restarting?.catch(() => {});
-    rmSync(this.files.pid, { force: true });
+    this.forget();
     this.state = "stopped";
+  }
+
+  /** No Traefik of ours runs any more: nothing for a next start to adopt, no secret left on disk. */
+  private forget(): void {
+    rmSync(this.files.pid, { force: true });
+    rmSync(this.files.secrets, { force: true });
   }
 
   /** Kills Traefik at once (a forced exit must not leave it behind); synchronous. */
@@ -227,7 +233,7 @@ export class TraefikSupervisor {
         // already gone
       }
     }
-    rmSync(this.files.pid, { force: true });
+    this.forget();
   }
 
   // ---- starting one Traefik ---------------------------------------------------------------------
