@@ -15,20 +15,15 @@ import { runImportHatch } from "../src/cli/import-hatch.ts";
 import { silentLogger } from "../src/log.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { postgresEnabled } from "./helpers/env.ts";
+import { hatchDatabase } from "./helpers/hatch-db.ts";
 import { fakeDirectory, fakePlatform, vm } from "./helpers/fakes.ts";
 
-const HATCH_SCHEMA = `
-CREATE TABLE images (id TEXT PRIMARY KEY, kernel_path TEXT NOT NULL, rootfs_path TEXT NOT NULL, boot_args TEXT NOT NULL DEFAULT '', created_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
-CREATE TABLE vms (id TEXT PRIMARY KEY, image_id TEXT NOT NULL REFERENCES images(id), state TEXT NOT NULL DEFAULT 'starting', vcpu_count INTEGER NOT NULL, mem_mib INTEGER NOT NULL,
-  guest_ip TEXT, ssh_port INTEGER NOT NULL DEFAULT 0, user_id TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
-CREATE TABLE proxy_routes (id TEXT PRIMARY KEY, vm_id TEXT NOT NULL REFERENCES vms(id), subdomain TEXT NOT NULL UNIQUE, target_port INTEGER NOT NULL,
-  auto_wake BOOLEAN NOT NULL DEFAULT TRUE, created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
-`;
 
 describe.runIf(await postgresEnabled())("import-hatch from a Hatch database", () => {
   let source: TestDb;
   let target: TestDb;
   let src: postgres.Sql;
+  let hatch: Awaited<ReturnType<typeof hatchDatabase>>;
   const run = async (...args: string[]) => {
     let out = "";
     let err = "";
@@ -37,13 +32,10 @@ describe.runIf(await postgresEnabled())("import-hatch from a Hatch database", ()
   };
 
   beforeAll(async () => {
-    source = await freshDb("postgres");
+    hatch = await hatchDatabase();
+    source = hatch.db;
+    src = hatch.sql;
     target = await freshDb("postgres");
-    // The source is Hatch's database, not ours: drop our tables from it and create Hatch's.
-    src = postgres(source.url!, { max: 1, onnotice: () => {} });
-    await src.unsafe("drop schema public cascade; create schema public; drop schema if exists drizzle cascade;");
-    await src.unsafe(HATCH_SCHEMA);
-    await src.unsafe(`insert into images (id, kernel_path, rootfs_path) values ('img_default', '/k', '/r')`);
     await src.unsafe(`insert into vms (id, image_id, vcpu_count, mem_mib, user_id) values ('vm-a1', 'img_default', 1, 256, 'user-1'), ('vm-b2', 'img_default', 1, 256, null)`);
     await src.unsafe(`insert into proxy_routes (id, vm_id, subdomain, target_port, auto_wake, created_at, updated_at) values
       ('rt-0123456789abcdef', 'vm-a1', 'shop', 8080, true, '2026-03-06T13:00:00Z', '2026-03-06T13:05:00Z'),
@@ -56,8 +48,7 @@ describe.runIf(await postgresEnabled())("import-hatch from a Hatch database", ()
     await insertRoute(target.database, { id: "rt_localtaken1234", vmId: "vm_local", subdomain: "taken", targetPort: 9000 });
   });
   afterAll(async () => {
-    await src?.end({ timeout: 2 });
-    await source?.drop();
+    await hatch?.close();
     await target?.drop();
   });
 
