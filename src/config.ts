@@ -160,6 +160,7 @@ export const ENV_VARS = {
   HATCH_LOG_LEVEL: { default: "info", schema: logLevel, doc: "Log level: debug, info, warn, error or silent." },
   HATCH_PROXY_FRONT: { default: "auto", schema: v.picklist(["auto", "traefik", "embedded"], "one of auto, traefik, embedded"), doc: "What `npm start` serves HATCH_PROXY_ADDR with: `auto` (Traefik when a binary is found, else the embedded proxy), `traefik` (fail without one), `embedded`." },
   TRAEFIK_BIN: { default: undefined, schema: nonEmpty, doc: "Traefik binary `npm start` runs in front; default: PATH, then the build cache of scripts/traefik.sh." },
+  HATCH_TRAEFIK_HANG_TIMEOUT: { default: "10s", schema: positiveDuration, doc: "The Traefik `npm start` runs is killed and restarted when it is alive but answers no ping for this long." },
 } as const;
 
 type Vars = typeof ENV_VARS;
@@ -206,6 +207,7 @@ export interface Config {
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
   proxyFront: "auto" | "traefik" | "embedded";
   traefikBin: string | undefined;
+  traefikHangTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -305,6 +307,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     logLevel: get("HATCH_LOG_LEVEL") as Config["logLevel"],
     proxyFront: get("HATCH_PROXY_FRONT") as Config["proxyFront"],
     traefikBin: out.TRAEFIK_BIN as string | undefined,
+    traefikHangTimeoutMs: get("HATCH_TRAEFIK_HANG_TIMEOUT") as number,
   };
 }
 

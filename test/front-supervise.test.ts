@@ -19,7 +19,8 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
   let sim: Awaited<ReturnType<typeof startSimulator>>;
   let product: Product | undefined;
   let vmId: string;
-  const env = () => ({ HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin!, HATCH_API_URL: sim.url });
+  // A short hang timeout: the hung-Traefik test waits for it.
+  const env = () => ({ HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin!, HATCH_API_URL: sim.url, HATCH_TRAEFIK_HANG_TIMEOUT: "3s" });
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "hatch-front-supervise-"));

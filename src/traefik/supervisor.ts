@@ -34,7 +34,7 @@ export interface TraefikSupervisorOptions {
   restartDelayMs?: { first: number; max: number };
   /** How long Traefik gets to stop on SIGTERM before SIGKILL. Default 3 s. */
   stopTimeoutMs?: number;
-  /** A running Traefik that answers no ping for this long is killed and restarted. Default 10 s. */
+  /** A running Traefik that answers no ping for this long is killed and restarted. Default: HATCH_TRAEFIK_HANG_TIMEOUT. */
   hangTimeoutMs?: number;
 }
 
@@ -97,7 +97,7 @@ export class TraefikSupervisor {
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
     this.delays = opts.restartDelayMs ?? { first: 500, max: 30_000 };
     this.stopTimeoutMs = opts.stopTimeoutMs ?? 3000;
-    this.hangTimeoutMs = opts.hangTimeoutMs ?? 10_000;
+    this.hangTimeoutMs = opts.hangTimeoutMs ?? opts.config.traefikHangTimeoutMs;
     this.nextDelay = this.delays.first;
   }
 
