@@ -6,6 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { request } from "node:http";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
@@ -94,6 +95,43 @@ describe("the ceiling on held bodies", () => {
     expect([ok.status, ok.json().body_sha256]).toEqual([200, sha256(big)]);
     await expect.poll(held, { timeout: 2000, interval: 20 }).toBe(0);
   });
+
+  it("a refused client that uploads slowly is not cut off: it sends its whole body and reads its answer", async () => {
+    const a = await sleepingRoute();
+    // Over the per-body limit (2 MiB here): refused at once with 413, then the upload is discarded.
+    // 3 MiB in 48 KiB pieces every 50 ms takes about 3 s, longer than any fixed discard window.
+    // A raw socket: Node's own client would close its side as soon as the answer is complete.
+    const total = 3 * MiB;
+    const piece = 48 * 1024;
+    const { port } = new URL(url);
+    const outcome = await new Promise<{ answer: string; sent: number; error?: string; closedBeforeAllSent: boolean }>((resolve) => {
+      let answer = "";
+      let sent = 0;
+      let done = false;
+      const socket = connect(Number(port), "127.0.0.1", () => {
+        socket.write(`POST / HTTP/1.1\r\nHost: ${a.host}\r\nContent-Length: ${total}\r\n\r\n`);
+        const tick = setInterval(() => {
+          if (done) return clearInterval(tick);
+          const n = Math.min(piece, total - sent);
+          socket.write(Buffer.alloc(n, 1));
+          sent += n;
+          if (sent >= total) clearInterval(tick);
+        }, 50);
+      });
+      socket.setEncoding("latin1");
+      socket.on("data", (c) => (answer += c));
+      const finish = (error?: string) => {
+        if (done) return;
+        done = true;
+        resolve({ answer: answer.split("\r\n")[0]!, sent, closedBeforeAllSent: sent < total, ...(error && { error }) });
+      };
+      socket.on("error", (err) => finish((err as NodeJS.ErrnoException).code ?? err.message));
+      socket.on("end", () => finish());
+      socket.on("close", () => finish());
+    });
+    expect(outcome).toEqual({ answer: "HTTP/1.1 413 Payload Too Large", sent: total, closedBeforeAllSent: false });
+    expect(sim.getVm(a.vm.id)!.state).toBe("snapshotted");
+  }, 20_000);
 
   it.each([
     ["mid-wake (the whole body sent)", MiB],

@@ -21,6 +21,11 @@ import {
   type Routed,
 } from "./proxy-context.ts";
 
+/** A refused upload is read and discarded until the client is quiet this long... */
+const DISCARD_IDLE_MS = 2000;
+/** ...or for this long in all. */
+const DISCARD_MAX_MS = 30_000;
+
 /** The request handler for plain HTTP; never rejects (errors become answers). */
 export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const { config, lifecycle, metrics } = ctx;
@@ -199,9 +204,10 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
 
   /**
    * A refusal (413, or 503 when the process holds too many bodies) while the client may still be
-   * uploading: the answer goes out at once, the rest of the body is read and discarded (bounded in
-   * time), and only then is the connection closed, so the client's kernel does not reset it and
-   * lose the answer.
+   * uploading: the answer goes out at once, the rest of the body is read and discarded, and only
+   * then is the connection closed, so the client's kernel does not reset it and lose the answer.
+   * The discard ends when the client goes quiet for DISCARD_IDLE_MS (a slow uploader that keeps
+   * sending is not cut) or after DISCARD_MAX_MS in all (one that drips forever is).
    */
   function sendTooLarge(req: IncomingMessage, res: ServerResponse, f: Failure): void {
     metrics.request(f.status);
@@ -213,12 +219,16 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     res.writeHead(f.status, { ...f.headers, "content-type": "application/json", "content-length": Buffer.byteLength(text), connection: "close" });
     res.write(text);
     const end = () => {
-      clearTimeout(timer);
+      clearTimeout(idle);
+      clearTimeout(cap);
+      req.off("data", onData);
       res.end();
     };
-    const timer = setTimeout(end, 2000);
-    timer.unref();
+    const idle = setTimeout(end, DISCARD_IDLE_MS).unref();
+    const cap = setTimeout(end, DISCARD_MAX_MS).unref();
+    const onData = () => idle.refresh();
     if (req.readableEnded) return end();
+    req.on("data", onData);
     req.once("end", end);
     req.once("close", end);
     req.resume();
