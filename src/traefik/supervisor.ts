@@ -38,8 +38,9 @@ export interface TraefikSupervisorOptions {
   hangTimeoutMs?: number;
 }
 
-/** How often a running Traefik is pinged by the hang watch. */
+/** How often a running Traefik is pinged by the hang watch, and how long one ping may take. */
 const WATCH_EVERY_MS = 1000;
+const WATCH_PING_TIMEOUT_MS = 2000;
 
 type State = "new" | "starting" | "up" | "down" | "stopping" | "stopped";
 
@@ -159,8 +160,10 @@ export class TraefikSupervisor {
         this.opts.log.warn("the adopted Traefik does not route with this process's config; replacing it", { pid: adopted.pid, error: err });
         await stopProcess(adopted, this.stopTimeoutMs);
         this.child = undefined;
+        const before = this.apiUrl;
         this.port = await freeLoopbackPort(TRAEFIK_INTERNAL_PORT);
         this.writeFiles();
+        if (this.apiUrl !== before) this.opts.onApiUrl?.(this.apiUrl);
       }
     }
     for (let attempt = 1; ; attempt++) {
@@ -350,7 +353,8 @@ export class TraefikSupervisor {
     const child = this.child;
     const tick = async () => {
       if (this.state !== "up" || child !== this.child) return;
-      const ok = await fetch(`${this.apiUrl}/ping`, { signal: AbortSignal.timeout(WATCH_EVERY_MS) }).then((r) => r.ok, () => false);
+      // A slow answer under load is still an answer: only silence for the whole timeout is a hang.
+      const ok = await fetch(`${this.apiUrl}/ping`, { signal: AbortSignal.timeout(WATCH_PING_TIMEOUT_MS) }).then((r) => r.ok, () => false);
       if (this.state !== "up" || child !== this.child) return;
       if (ok) this.lastPingOk = Date.now();
       else if (Date.now() - this.lastPingOk >= this.hangTimeoutMs) {
