@@ -130,6 +130,18 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
     const local = (a: Config["httpAddr"]) => (a.host ? a : { ...a, host: "127.0.0.1" });
     config = { ...config, httpAddr: local(config.httpAddr), proxyAddr: local(config.proxyAddr), wakeAddr: local(config.wakeAddr) };
   }
+  // Before anything in the data directory is read or touched (simulator.json, the Traefik files and
+  // the Traefik they name): a second start on a directory in use stops here, harming nothing.
+  const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
+  try {
+    return await startEverythingLocked(config, log, releaseDir);
+  } catch (err) {
+    releaseDir();
+    throw err;
+  }
+}
+
+async function startEverythingLocked(config: Config, log: Logger, releaseDir: () => void): Promise<Running> {
   const traefikBin = config.proxyFront === "embedded" ? undefined : findTraefikBinary(config);
   if (!traefikBin && config.proxyFront === "traefik") {
     throw new Error(`HATCH_PROXY_FRONT=traefik but no Traefik binary was found${config.traefikBin ? ` (TRAEFIK_BIN=${config.traefikBin} is not executable)` : " (set TRAEFIK_BIN, put traefik on PATH, or run `bash scripts/traefik.sh`)"}`);
@@ -158,6 +170,7 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   stack = await startStack(config, log, {
     api: true,
     simulator: true,
+    dataDirLocked: true,
     wake: Boolean(traefik),
     readiness: [{ name: "front", check: () => frontCheck() }],
   });
@@ -191,7 +204,14 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   await printBanner(stack, config, front, traefik?.apiUrl, traefik ? tokenFile : undefined);
   const t = traefik;
   const s = stack;
-  return { stop: () => s.close(), kill: () => t?.kill() };
+  // Released last, once the simulator has saved its state and Traefik is gone.
+  return {
+    stop: async () => {
+      await s.close();
+      releaseDir();
+    },
+    kill: () => t?.kill(),
+  };
 }
 
 /** The first of myapp, myapp2, myapp3… that no route has yet: the banner's example must work on a restart too. */

@@ -73,6 +73,8 @@ export interface StackParts {
    * HATCH_SIM_ADDR. Without it and without HATCH_API_URL, the platform is the simulator at HATCH_SIM_ADDR.
    */
   simulator?: boolean;
+  /** The caller holds HATCH_DATA_DIR's lock already (`npm start`, before its Traefik files). */
+  dataDirLocked?: boolean;
   /** Timing of the sleep protocol (tests shorten the settle window). */
   sleeperOptions?: SleeperOptions;
   /** Extra /readyz checks of the API (`npm start`: the Traefik it runs in front). */
@@ -131,8 +133,10 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     } else if (parts.simulator) {
       // The simulator rewrites simulator.json as soon as it has loaded it (a VM whose ports another
       // process holds is saved as stopped): a second process on this directory must stop first.
-      const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
-      closers.push(async () => releaseDir());
+      if (!parts.dataDirLocked) {
+        const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
+        closers.push(async () => releaseDir());
+      }
       simulator = await createSimulator({
         ipPrefix: config.simIpPrefix,
         restoreMs: config.simRestoreMs,

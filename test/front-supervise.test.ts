@@ -3,7 +3,7 @@
  * is red in between); and it outlives a crash of hatch-proxy, routing running VMs from its last config,
  * and the next start adopts it (no gap) or, when its static config changed, replaces it. VMs live in a separate simulator process, as real VMs would.
  */
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -138,6 +138,24 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     expect(lines.find((l) => l.msg === "traefik exited; restarting")).toMatchObject({ level: "error", signal: "SIGKILL", restart: 1 });
     expect(lines.find((l) => l.msg === "traefik restarted")).toMatchObject({ level: "info", restart: 1 });
   }, 30_000);
+
+  it("a second npm start on the directory in use stops before it touches the running one's Traefik", async () => {
+    const p = product!;
+    const [pid] = traefikPids(dir);
+    const files = ["data/traefik.yml", "data/traefik-secrets.json", "data/traefik.pid", "data/api-key"].map((f) => [f, readFileSync(join(dir, f), "utf8")]);
+    // Other ports: its static config differs, so it would have replaced (killed) that Traefik.
+    const second = await startProduct({ dir, ipPrefix: "127.0.141", env: env() }).then(
+      async (q) => {
+        await stopProcess(q.child);
+        return "started";
+      },
+      (e: Error) => e.message,
+    );
+    expect(second).toMatch(new RegExp(`the data directory .* is in use by process ${p.child.pid}`));
+    expect(traefikPids(dir)).toEqual([pid]);
+    expect(files.map(([f]) => [f, readFileSync(join(dir, f!), "utf8")])).toEqual(files);
+    expect((await viaProxy(p, "svapp", "/still-mine")).status).toBe(200);
+  }, 60_000);
 
   it("kills and restarts a Traefik that is alive but answers nothing (hung)", async () => {
     const p = product!;
