@@ -40,12 +40,18 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it("keeps routing running VMs after hatch-proxy is killed, and the next start adopts that Traefik without a gap", async () => {
+  /** kill -9 of hatch-proxy: its Traefik (the orphan) is left running. */
+  async function crash(): Promise<{ p: Product; orphan: number | undefined }> {
     const p = product!;
     const [orphan] = traefikPids(dir);
     p.child.kill("SIGKILL");
     await p.exited;
     product = undefined;
+    return { p, orphan };
+  }
+
+  it("keeps routing running VMs after hatch-proxy is killed, and the next start adopts that Traefik without a gap", async () => {
+    const { p, orphan } = await crash();
     // Traefik writes a log line every failed poll and an access-log line per request: with pipes to
     // a dead parent the first write killed it (SIGPIPE). Requests every 100 ms from the crash until
     // the next start routes: every one answered by the VM, through the restart too.
@@ -95,11 +101,7 @@ describe.skipIf(!bin)("npm start supervises its Traefik", () => {
   }, 60_000);
 
   it("replaces a leftover Traefik whose static config this start would not write (the public port moved)", async () => {
-    const p = product!;
-    const [orphan] = traefikPids(dir);
-    p.child.kill("SIGKILL");
-    await p.exited;
-    product = undefined;
+    const { p, orphan } = await crash();
     const ports = { ...p.ports, proxy: (await freePorts()).proxy };
     product = await startProduct({ dir, ports, ipPrefix: "127.0.141", env: env() });
     expect(product.logLines().find((l) => l.msg?.startsWith("replacing the Traefik an earlier hatch-proxy left running"))).toMatchObject({ pid: orphan });

@@ -7,6 +7,7 @@
 import { request } from "node:http";
 import type { LookupFunction } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { Config } from "../src/config.ts";
 import type { Stack } from "../src/services.ts";
 import { traefikBinary } from "./helpers/env.ts";
 import { API_KEY, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
@@ -209,18 +210,20 @@ describe("a client that behaves as Hatch's SDK, on one base URL", () => {
   }
 
   const bin = traefikBinary();
+  /** A stack on the simulator with a real Traefik polling it, once `router` is live there. */
+  async function behindTraefik(overrides: Partial<Config>, router: string): Promise<{ stack: Stack; traefik: TestTraefik }> {
+    const tports = await traefikPorts();
+    const config = stackConfig(await stackPorts(), { ...(await freshPglite()).overrides, hatchApiUrl: simulator.url, wakeSecret: "sdk-secret", traefikApiUrls: [tports.apiUrl], idleTimeoutMs: 0 });
+    const stack = await startSleepStack({ ...config, ...overrides }, "traefik");
+    const traefik = await startTestTraefik(bin!, { providerUrl: `${stack.api!.url}/traefik/config`, ...tports });
+    await traefik.waitForRouter(router);
+    return { stack, traefik };
+  }
+
   describe.skipIf(!bin)("through a real Traefik", () => {
     let stack: Stack;
     let traefik: TestTraefik;
-    beforeAll(async () => {
-      const tports = await traefikPorts();
-      stack = await startSleepStack(
-        stackConfig(await stackPorts(), { ...(await freshPglite()).overrides, hatchApiUrl: simulator.url, wakeSecret: "sdk-secret", traefikApiUrls: [tports.apiUrl], idleTimeoutMs: 0 }),
-        "traefik",
-      );
-      traefik = await startTestTraefik(bin!, { providerUrl: `${stack.api!.url}/traefik/config`, ...tports });
-      await traefik.waitForRouter("hatch-vm-api");
-    });
+    beforeAll(async () => void ({ stack, traefik } = await behindTraefik({}, "hatch-vm-api")));
     afterAll(async () => {
       await traefik?.stop();
       await stack?.close();
@@ -242,13 +245,7 @@ describe("a client that behaves as Hatch's SDK, on one base URL", () => {
   describe.skipIf(!bin)("through a real Traefik, with a platform that checks no key (the simulator's default)", () => {
     let stack: Stack;
     let traefik: TestTraefik;
-    beforeAll(async () => {
-      const tports = await traefikPorts();
-      const config = stackConfig(await stackPorts(), { ...(await freshPglite()).overrides, hatchApiUrl: simulator.url, wakeSecret: "sdk-secret-2", traefikApiUrls: [tports.apiUrl], idleTimeoutMs: 0 });
-      stack = await startSleepStack({ ...config, traefikPlatformUrl: undefined }, "traefik");
-      traefik = await startTestTraefik(bin!, { providerUrl: `${stack.api!.url}/traefik/config`, ...tports });
-      await traefik.waitForRouter("hatch-api");
-    });
+    beforeAll(async () => void ({ stack, traefik } = await behindTraefik({ traefikPlatformUrl: undefined }, "hatch-api")));
     afterAll(async () => {
       await traefik?.stop();
       await stack?.close();
