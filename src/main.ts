@@ -7,11 +7,10 @@ import { addrToUrl, ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { openConfiguredDatabase } from "./db/client.ts";
 import { lockDirectory } from "./db/data-dir-lock.ts";
-import { addEmbeddedProxy, describeDatabase, findTraefikBinary, startStack, type Stack } from "./services.ts";
+import { addEmbeddedProxy, describeDatabase, findTraefikBinary, serveSimulator, startStack, type Stack } from "./services.ts";
 import { getRouteBySubdomain } from "./db/routes.repo.ts";
 import { TraefikSupervisor } from "./traefik/supervisor.ts";
 import { printTraefikConfig } from "./traefik/print-config.ts";
-import { createSimulator } from "./vms/simulator/index.ts";
 import { PEOPLE_COMMANDS, PEOPLE_USAGE, runPeopleCommand } from "./cli/people.ts";
 import { SERVICE_COMMANDS } from "./cli/commands.ts";
 import { runImportHatch } from "./cli/import-hatch.ts";
@@ -78,30 +77,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case "sim":
       return runUntilSignal(log, async () => {
-        // As in `start`: the simulator rewrites simulator.json once loaded, so a second process on
-        // this directory must stop before it does.
-        const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
-        try {
-          const sim = await createSimulator({
-            ipPrefix: config.simIpPrefix,
-            restoreMs: config.simRestoreMs,
-            stateFile: join(config.dataDir, "simulator.json"),
-            log,
-          });
-          const served = await sim.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port }).catch(async (err) => {
-            await sim.close();
-            throw err;
-          });
-          log.info("VM simulator listening", { url: served.url, vms: sim.listVms().length });
-          return async () => {
-            await served.close();
-            await sim.close();
-            releaseDir();
-          };
-        } catch (err) {
-          releaseDir();
-          throw err;
-        }
+        const served = await serveSimulator(config, log);
+        log.info("VM simulator listening", { url: served.api.url, vms: served.simulator.listVms().length });
+        return () => served.close();
       });
     case "api":
     case "wake":

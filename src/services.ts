@@ -131,24 +131,11 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     if (config.hatchApiUrl) {
       platform = createHatchClient({ baseUrl: config.hatchApiUrl, apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
     } else if (parts.simulator) {
-      // The simulator rewrites simulator.json as soon as it has loaded it (a VM whose ports another
-      // process holds is saved as stopped): a second process on this directory must stop first.
-      if (!parts.dataDirLocked) {
-        const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
-        closers.push(async () => releaseDir());
-      }
-      simulator = await createSimulator({
-        ipPrefix: config.simIpPrefix,
-        restoreMs: config.simRestoreMs,
-        stateFile: join(config.dataDir, "simulator.json"),
-        log: log.child({ component: "simulator" }),
-        onChange: () => onSimulatorChange(),
-      });
-      closers.push(() => simulator!.close());
-      platform = simulator.platform;
-      const served = await simulator.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
-      simApi = { url: served.url, port: Number(new URL(served.url).port), close: served.close };
+      const served = await serveSimulator(config, log.child({ component: "simulator" }), { locked: parts.dataDirLocked, onChange: () => onSimulatorChange() });
       closers.push(() => served.close());
+      simulator = served.simulator;
+      platform = simulator.platform;
+      simApi = served.api;
     } else {
       platform = createHatchClient({ baseUrl: addrToUrl(config.simAddr), timeoutMs: config.platformTimeoutMs });
     }
@@ -266,6 +253,45 @@ export async function addEmbeddedProxy(stack: Stack): Promise<Listening> {
   stack.proxy = listening;
   stack.defer(() => listening.close());
   return listening;
+}
+
+/**
+ * The simulator with its state in HATCH_DATA_DIR and its API on HATCH_SIM_ADDR (`npm start` and
+ * `hatch-proxy sim`). It rewrites simulator.json as soon as it has loaded it (a VM whose ports
+ * another process holds is saved as stopped), so it takes the directory's lock first, unless the
+ * caller holds it; close() stops it and then lets the lock go.
+ */
+export async function serveSimulator(
+  config: Config,
+  log: Logger,
+  opts: { locked?: boolean | undefined; onChange?: () => void } = {},
+): Promise<{ simulator: Simulator; api: Listening; close(): Promise<void> }> {
+  const releaseDir = opts.locked ? () => {} : lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
+  let simulator: Simulator | undefined;
+  try {
+    simulator = await createSimulator({
+      ipPrefix: config.simIpPrefix,
+      restoreMs: config.simRestoreMs,
+      stateFile: join(config.dataDir, "simulator.json"),
+      log,
+      ...(opts.onChange && { onChange: opts.onChange }),
+    });
+    const served = await simulator.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
+    const sim = simulator;
+    return {
+      simulator: sim,
+      api: { url: served.url, port: Number(new URL(served.url).port), close: served.close },
+      async close() {
+        await served.close();
+        await sim.close();
+        releaseDir();
+      },
+    };
+  } catch (err) {
+    await simulator?.close();
+    releaseDir();
+    throw err;
+  }
 }
 
 /** The Traefik version scripts/traefik.sh builds into its cache. */
