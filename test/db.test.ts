@@ -37,12 +37,16 @@ describe.each(await dbKinds())("database on %s", (kind) => {
 
   it("serialises work under one lock name", async () => {
     const order: string[] = [];
+    let holding: () => void = () => {};
+    const held = new Promise<void>((r) => (holding = r));
     const slow = t.database.withLock("k", 5000, async () => {
       order.push("a-start");
+      holding();
       await new Promise((r) => setTimeout(r, 100));
       order.push("a-end");
     });
-    await new Promise((r) => setTimeout(r, 10));
+    // Asked for only once the first holds it (a fixed pause lost that race on a loaded machine).
+    await held;
     const second = t.database.withLock("k", 5000, async () => order.push("b"));
     await Promise.all([slow, second]);
     expect(order).toEqual(["a-start", "a-end", "b"]);
