@@ -239,46 +239,56 @@ const SHUTDOWN_BUDGET_MS = 5000;
 
 /**
  * Starts with `start`, then waits for SIGINT/SIGTERM and stops within SHUTDOWN_BUDGET_MS; a second
- * signal exits at once.
+ * signal exits at once. The handlers are in place before the start: a signal that comes while it
+ * runs (or the moment the banner is out) stops what was started once the start is done, instead of
+ * killing the process with nothing stopped.
  */
 async function runUntilSignal(log: Logger, start: () => Promise<Running | (() => Promise<void>)>): Promise<number> {
+  let running: Running | undefined;
+  let pending: NodeJS.Signals | undefined;
+  let stopping = false;
+  let finish: (code: number) => void = () => {};
+  const finished = new Promise<number>((resolve) => (finish = resolve));
+  const forceExit = (code: number) => {
+    running?.kill?.();
+    process.exit(code);
+  };
+  const stop = (r: Running, signal: NodeJS.Signals) => {
+    const overdue = setTimeout(() => {
+      log.error("shutdown did not finish in time: exiting now", { budget_ms: SHUTDOWN_BUDGET_MS });
+      forceExit(1);
+    }, SHUTDOWN_BUDGET_MS);
+    overdue.unref();
+    const began = Date.now();
+    r.stop().then(
+      () => {
+        clearTimeout(overdue);
+        log.info("stopped", { ms: Date.now() - began, signal });
+        finish(0);
+      },
+      (err) => {
+        clearTimeout(overdue);
+        log.error("shutdown failed", { error: err });
+        finish(1);
+      },
+    );
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn("second signal: exiting now", { signal });
+      forceExit(130);
+    }
+    stopping = true;
+    log.info("stopping: closing connections; requests in flight get a moment to finish", { signal, budget_ms: SHUTDOWN_BUDGET_MS, ...(!running && { after_start: true }) });
+    if (running) stop(running, signal);
+    else pending = signal;
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   const started = await start();
-  const running: Running = typeof started === "function" ? { stop: started } : started;
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const forceExit = (code: number) => {
-      running.kill?.();
-      process.exit(code);
-    };
-    const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        log.warn("second signal: exiting now", { signal });
-        forceExit(130);
-      }
-      stopping = true;
-      log.info("stopping: closing connections; requests in flight get a moment to finish", { signal, budget_ms: SHUTDOWN_BUDGET_MS });
-      const overdue = setTimeout(() => {
-        log.error("shutdown did not finish in time: exiting now", { budget_ms: SHUTDOWN_BUDGET_MS });
-        forceExit(1);
-      }, SHUTDOWN_BUDGET_MS);
-      overdue.unref();
-      const began = Date.now();
-      running.stop().then(
-        () => {
-          clearTimeout(overdue);
-          log.info("stopped", { ms: Date.now() - began });
-          resolve(0);
-        },
-        (err) => {
-          clearTimeout(overdue);
-          log.error("shutdown failed", { error: err });
-          resolve(1);
-        },
-      );
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
-  });
+  running = typeof started === "function" ? { stop: started } : started;
+  if (pending) stop(running, pending);
+  return finished;
 }
 
 main(process.argv.slice(2)).then(

@@ -71,6 +71,25 @@ describe.each(modes)("Ctrl-C with %s", (_name, env, ipPrefix) => {
   }, 60_000);
 });
 
+describe.skipIf(!bin)("Ctrl-C during the start", () => {
+  it("is not lost: what was started is stopped once the start is done, Traefik included, exit 0", async () => {
+    // The route API is up, Traefik not yet: the signal comes in the middle of the start.
+    const p = await startProduct({ ipPrefix: "127.0.151", env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! }, until: '"msg":"traefik config endpoint' });
+    try {
+      p.child.kill("SIGINT");
+      expect(await p.exited).toBe(0);
+      const lines = p.logLines();
+      expect(lines.find((l) => l.msg.startsWith("stopping"))).toMatchObject({ signal: "SIGINT", after_start: true });
+      expect(lines.find((l) => l.msg === "stopped")).toBeDefined();
+      expect(traefikPids(p.dir)).toEqual([]);
+    } finally {
+      p.child.kill("SIGKILL");
+      killTraefiks(p.dir);
+      rmSync(p.dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
 describe.skipIf(!bin)("a second Ctrl-C", () => {
   it("exits at once and takes the Traefik along (a forced exit leaves nothing behind)", async () => {
     const p = await startProduct({ ipPrefix: "127.0.146", env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! } });

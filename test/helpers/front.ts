@@ -38,6 +38,8 @@ export interface ProductOptions {
   ports?: Product["ports"];
   /** HATCH_SIM_IP_PREFIX, distinct per test file (simulated VMs listen on <prefix>.N:8080). */
   ipPrefix: string;
+  /** Resolve once the output holds this (default: the banner's "Try it:", i.e. fully started). */
+  until?: string;
 }
 
 export async function freePorts(): Promise<Product["ports"]> {
@@ -86,7 +88,7 @@ export async function startProduct(opts: ProductOptions): Promise<Product> {
     }),
   );
   const deadline = Date.now() + 60_000;
-  while (!out.includes("Try it:")) {
+  while (!out.includes(opts.until ?? "Try it:")) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(`hatch-proxy start did not come up:\n${out}`);
