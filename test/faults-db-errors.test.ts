@@ -6,16 +6,13 @@
 import { connect } from "node:net";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createApp } from "../src/api/app.ts";
-import { createStaticKeyAuth } from "../src/api/auth.ts";
-import { testConfig } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
 import { databaseUnavailable } from "../src/db/errors.ts";
 import { createLogger } from "../src/log.ts";
 import { listenHono } from "../src/services.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { ADMIN_PG_URL, postgresEnabled } from "./helpers/env.ts";
-import { fakeDirectory, fakePlatform, vm } from "./helpers/fakes.ts";
+import { fakePlatform, testApp, vm } from "./helpers/fakes.ts";
 
 const KEY = "faults-key";
 const auth = { Authorization: `Bearer ${KEY}` };
@@ -93,14 +90,7 @@ function failing(database: Database) {
 function appOn(database: Database) {
   const lines: string[] = [];
   const log = createLogger("debug", {}, (l) => lines.push(l));
-  const app = createApp({
-    config: testConfig(),
-    database,
-    platform: fakePlatform([vm("vm_a")]).platform,
-    directory: fakeDirectory(),
-    auth: createStaticKeyAuth([KEY]),
-    log,
-  });
+  const app = testApp(database, fakePlatform([vm("vm_a")]).platform, [KEY], { log });
   return { app, lines, logged: () => lines.map((l) => JSON.parse(l) as Record<string, any>) };
 }
 

@@ -7,14 +7,12 @@
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { createApp } from "../src/api/app.ts";
-import { createStaticKeyAuth } from "../src/api/auth.ts";
-import { testConfig } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
 import { insertRoute, listRoutesByVm } from "../src/db/routes.repo.ts";
 import { createLogger } from "../src/log.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { ADMIN_PG_URL, postgresEnabled } from "./helpers/env.ts";
-import { fakeDirectory, fakePlatform, vm } from "./helpers/fakes.ts";
+import { fakePlatform, testApp, vm } from "./helpers/fakes.ts";
 import { PgPath } from "./helpers/faults-pg-path.ts";
 
 const KEY = "outage-key";
@@ -50,12 +48,7 @@ describe.runIf(await postgresEnabled())("database outages through a broken TCP p
     const url = new URL(t.url!);
     url.host = via;
     database = await openDatabase({ url: url.toString(), max: 3, connectTimeoutMs: CONNECT_MS, queryTimeoutMs: QUERY_MS });
-    app = createApp({
-      config: testConfig(),
-      database,
-      platform: fakePlatform([vm("vm_o")]).platform,
-      directory: fakeDirectory(),
-      auth: createStaticKeyAuth([KEY]),
+    app = testApp(database, fakePlatform([vm("vm_o")]).platform, [KEY], {
       log: createLogger("debug", {}, (l) => lines.push(l)),
       readinessTimeoutMs: READY_MS,
     });

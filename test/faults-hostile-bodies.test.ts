@@ -5,13 +5,10 @@
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../src/api/app.ts";
-import { createStaticKeyAuth } from "../src/api/auth.ts";
 import { checkCreateRoute } from "../src/api/routes.schemas.ts";
-import { testConfig } from "../src/config.ts";
 import { openDatabase, type Database } from "../src/db/client.ts";
-import { silentLogger } from "../src/log.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
-import { fakeDirectory, fakePlatform, vm } from "./helpers/fakes.ts";
+import { fakePlatform, testApp, vm } from "./helpers/fakes.ts";
 
 const KEY = "bodies-key";
 const headers = { Authorization: `Bearer ${KEY}`, "content-type": "application/json" };
@@ -28,14 +25,7 @@ describe("inherited names in request bodies", () => {
   beforeAll(async () => {
     database = await openDatabase({});
     sim = await createSimulator({ ipPrefix: "127.78.13" });
-    app = createApp({
-      config: testConfig(),
-      database,
-      platform: fakePlatform([vm("vm_b")]).platform,
-      directory: fakeDirectory(),
-      auth: createStaticKeyAuth([KEY]),
-      log: silentLogger,
-    });
+    app = testApp(database, fakePlatform([vm("vm_b")]).platform, [KEY]);
   });
   afterAll(async () => {
     await sim.close();
@@ -55,13 +45,7 @@ describe("inherited names in request bodies", () => {
   });
 
   it.each(INHERITED)("POST /vms/{id}/sleep with %s is a 400 unknown field", async (name) => {
-    const sleepApp = createApp({
-      config: testConfig(),
-      database,
-      platform: fakePlatform([vm("vm_b")]).platform,
-      directory: fakeDirectory(),
-      auth: createStaticKeyAuth([KEY]),
-      log: silentLogger,
+    const sleepApp = testApp(database, fakePlatform([vm("vm_b")]).platform, [KEY], {
       sleep: { sleeper: { sleep: async () => ({ outcome: "not_running" }) } as never, activity: {} as never },
     });
     const body = withKey({ action: "snapshot" }, name);

@@ -1,4 +1,4 @@
-import { createApp } from "../../src/api/app.ts";
+import { createApp, type ApiDeps } from "../../src/api/app.ts";
 import { createStaticKeyAuth } from "../../src/api/auth.ts";
 import { testConfig } from "../../src/config.ts";
 import { openDatabase, type Database } from "../../src/db/client.ts";
@@ -118,10 +118,18 @@ export function fakeDirectory(opts: { platform?: VmPlatform; vms?: Vm[]; ready?:
   return dir;
 }
 
+/**
+ * The route API on `database` with test defaults: the test config, a fake directory, static `keys`,
+ * no log; `deps` replaces any of them (the platform, a log to read, the sleep endpoints, ...).
+ */
+export function testApp(database: Database, platform: VmPlatform, keys: string[], deps: Partial<ApiDeps> = {}): ReturnType<typeof createApp> {
+  return createApp({ config: testConfig(), database, platform, directory: fakeDirectory(), auth: createStaticKeyAuth(keys), log: silentLogger, ...deps });
+}
+
 /** The real route API on in-memory PGlite, served on a free loopback port (for CLI tests). */
 export async function serveRouteApi(platform: VmPlatform, keys: string[]): Promise<Listening & { database: Database }> {
   const database = await openDatabase({});
-  const app = createApp({ config: testConfig(), database, platform, directory: fakeDirectory(), auth: createStaticKeyAuth(keys), log: silentLogger });
+  const app = testApp(database, platform, keys);
   const served = await listenHono(app.fetch, { host: "127.0.0.1", port: 0 });
   return {
     ...served,
