@@ -95,13 +95,13 @@ async function main(argv: string[]): Promise<number> {
         return () => stack.close();
       });
     case "start":
-      return runUntilSignal(log, () => startEverything(config, log));
+      return runUntilSignal(log, (atForcedExit) => startEverything(config, log, atForcedExit));
   }
   return 2;
 }
 
 /** `npm start`: every part in one process, Traefik as a supervised child when a binary is found. */
-async function startEverything(config: Config, log: Logger): Promise<Running> {
+async function startEverything(config: Config, log: Logger, atForcedExit: AtForcedExit): Promise<Running> {
   if (!config.hatchApiUrl) {
     // Simulated VMs listen on 127.0.1.N:<guest port>; a wildcard listener on the same port (":8080")
     // would take that port on every loopback address, so the embedded product binds 127.0.0.1.
@@ -112,14 +112,14 @@ async function startEverything(config: Config, log: Logger): Promise<Running> {
   // the Traefik they name): a second start on a directory in use stops here, harming nothing.
   const releaseDir = lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
   try {
-    return await startEverythingLocked(config, log, releaseDir);
+    return await startEverythingLocked(config, log, releaseDir, atForcedExit);
   } catch (err) {
     releaseDir();
     throw err;
   }
 }
 
-async function startEverythingLocked(config: Config, log: Logger, releaseDir: () => void): Promise<Running> {
+async function startEverythingLocked(config: Config, log: Logger, releaseDir: () => void, atForcedExit: AtForcedExit): Promise<Running> {
   const traefikBin = config.proxyFront === "embedded" ? undefined : findTraefikBinary(config);
   if (!traefikBin && config.proxyFront === "traefik") {
     throw new Error(`HATCH_PROXY_FRONT=traefik but no Traefik binary was found${config.traefikBin ? ` (TRAEFIK_BIN=${config.traefikBin} is not executable)` : " (set TRAEFIK_BIN, put traefik on PATH, or run `bash scripts/traefik.sh`)"}`);
@@ -140,6 +140,8 @@ async function startEverythingLocked(config: Config, log: Logger, releaseDir: ()
       log: log.child({ component: "traefik" }),
       onApiUrl: (url) => stack?.fronts?.setUrls([...otherFronts, url]),
     });
+    const t = traefik;
+    atForcedExit(() => t.kill());
     // Our own Traefik's direct traffic is activity, and sleeps wait until it has dropped a VM's routers.
     const { apiUrl, secrets } = await traefik.prepare();
     config = { ...config, ...secrets, traefikApiUrls: [...otherFronts, apiUrl] };
@@ -180,15 +182,11 @@ async function startEverythingLocked(config: Config, log: Logger, releaseDir: ()
     await addEmbeddedProxy(stack);
   }
   await printBanner(stack, config, front, traefik?.apiUrl, traefik ? tokenFile : undefined);
-  const t = traefik;
   const s = stack;
   // Released last, once the simulator has saved its state and Traefik is gone.
-  return {
-    stop: async () => {
-      await s.close();
-      releaseDir();
-    },
-    kill: () => t?.kill(),
+  return async () => {
+    await s.close();
+    releaseDir();
   };
 }
 
@@ -227,12 +225,15 @@ async function printBanner(stack: Stack, config: Config, front: string, traefikA
   process.stderr.write(lines.join("\n") + "\n");
 }
 
-/** What a service command leaves running: a graceful stop, and a last resort for a forced exit. */
-interface Running {
-  stop(): Promise<void>;
-  /** Synchronous: ends child processes that must not outlive a forced exit (our Traefik). */
-  kill?(): void;
-}
+/** What a service command leaves running: its graceful stop. */
+type Running = () => Promise<void>;
+
+/**
+ * Registers a synchronous last resort that ends a child process which must not outlive a forced
+ * exit (our Traefik). Registered as soon as the child can exist, so a forced exit in the middle of
+ * the start does not leave it behind either.
+ */
+type AtForcedExit = (kill: () => void) => void;
 
 /** The longest a shutdown may take; past it the process exits anyway (and says so). */
 const SHUTDOWN_BUDGET_MS = 5000;
@@ -243,14 +244,15 @@ const SHUTDOWN_BUDGET_MS = 5000;
  * runs (or the moment the banner is out) stops what was started once the start is done, instead of
  * killing the process with nothing stopped.
  */
-async function runUntilSignal(log: Logger, start: () => Promise<Running | (() => Promise<void>)>): Promise<number> {
+async function runUntilSignal(log: Logger, start: (atForcedExit: AtForcedExit) => Promise<Running>): Promise<number> {
   let running: Running | undefined;
+  const lastResorts: (() => void)[] = [];
   let pending: NodeJS.Signals | undefined;
   let stopping = false;
   let finish: (code: number) => void = () => {};
   const finished = new Promise<number>((resolve) => (finish = resolve));
   const forceExit = (code: number) => {
-    running?.kill?.();
+    for (const kill of lastResorts) kill();
     process.exit(code);
   };
   const stop = (r: Running, signal: NodeJS.Signals) => {
@@ -260,7 +262,7 @@ async function runUntilSignal(log: Logger, start: () => Promise<Running | (() =>
     }, SHUTDOWN_BUDGET_MS);
     overdue.unref();
     const began = Date.now();
-    r.stop().then(
+    r().then(
       () => {
         clearTimeout(overdue);
         log.info("stopped", { ms: Date.now() - began, signal });
@@ -285,8 +287,7 @@ async function runUntilSignal(log: Logger, start: () => Promise<Running | (() =>
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
-  const started = await start();
-  running = typeof started === "function" ? { stop: started } : started;
+  running = await start((kill) => lastResorts.push(kill));
   if (pending) stop(running, pending);
   return finished;
 }

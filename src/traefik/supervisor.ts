@@ -273,6 +273,7 @@ export class TraefikSupervisor {
     }
     const child = ownChild(spawned);
     this.child = child;
+    this.opts.log.info("traefik launched: waiting until it routes with this process's config", { pid: child.pid });
     const exited = new Promise<never>((_, reject) => {
       spawned.once("error", (err) => reject(new Error(`traefik could not be run: ${err.message}`)));
       child.onExit(({ code, signal }) => reject(new Error(`traefik exited (${signal ?? `code ${code}`}) while starting; see ${this.files.log}`)));
