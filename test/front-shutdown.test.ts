@@ -91,42 +91,35 @@ describe.skipIf(!bin)("Ctrl-C during the start", () => {
 });
 
 describe.skipIf(!bin)("a second Ctrl-C", () => {
-  it("during the start exits at once and takes the Traefik being started along", async () => {
-    // Traefik is spawned, not yet routing with our config: the start is still under way.
-    const p = await startProduct({ ipPrefix: "127.0.152", env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! }, until: '"msg":"traefik launched' });
+  /** Starts the product (up to `until`), sends Ctrl-C twice, expects exit 130 with no Traefik left; returns the log. */
+  async function ctrlCTwice(ipPrefix: string, until?: string) {
+    const p = await startProduct({ ipPrefix, env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! }, ...(until && { until }) });
     try {
       expect(traefikPids(p.dir)).toHaveLength(1);
       p.child.kill("SIGINT");
       // Two signals sent back to back reach the handler as one: the second follows the first's line.
-      await waitFor(() => p.output().includes('"msg":"stopping'), "the shutdown to be asked for", BUDGET_MS, 2);
-      p.child.kill("SIGINT");
-      expect(await p.exited).toBe(130);
-      const msgs = p.logLines().map((l) => l.msg);
-      expect(p.logLines().find((l) => l.msg.startsWith("stopping"))).toMatchObject({ after_start: true });
-      expect(msgs).toContain("second signal: exiting now");
-      expect(msgs).not.toContain("traefik started");
-      await waitFor(() => traefikPids(p.dir).length === 0, "its Traefik to be gone", 2000);
-    } finally {
-      p.child.kill("SIGKILL");
-      killTraefiks(p.dir);
-      rmSync(p.dir, { recursive: true, force: true });
-    }
-  }, 60_000);
-
-
-  it("exits at once and takes the Traefik along (a forced exit leaves nothing behind)", async () => {
-    const p = await startProduct({ ipPrefix: "127.0.146", env: { HATCH_PROXY_FRONT: "traefik", TRAEFIK_BIN: bin! } });
-    try {
-      expect(traefikPids(p.dir)).toHaveLength(1);
-      p.child.kill("SIGINT");
       await waitFor(() => p.output().includes('"msg":"stopping'), "the shutdown to begin", BUDGET_MS, 2);
       p.child.kill("SIGINT");
       expect(await p.exited).toBe(130);
       await waitFor(() => traefikPids(p.dir).length === 0, "its Traefik to be gone", 2000);
+      return p.logLines();
     } finally {
       p.child.kill("SIGKILL");
       killTraefiks(p.dir);
       rmSync(p.dir, { recursive: true, force: true });
     }
+  }
+
+  it("exits at once and takes the Traefik along (a forced exit leaves nothing behind)", async () => {
+    const lines = await ctrlCTwice("127.0.146");
+    expect(lines.map((l) => l.msg)).toContain("second signal: exiting now");
+  }, 60_000);
+
+  it("during the start exits at once and takes the Traefik being started along", async () => {
+    // Traefik is spawned, not yet routing with our config: the start is still under way.
+    const lines = await ctrlCTwice("127.0.152", '"msg":"traefik launched');
+    expect(lines.find((l) => l.msg.startsWith("stopping"))).toMatchObject({ after_start: true });
+    expect(lines.map((l) => l.msg)).toContain("second signal: exiting now");
+    expect(lines.map((l) => l.msg)).not.toContain("traefik started");
   }, 60_000);
 });
