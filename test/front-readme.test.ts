@@ -44,7 +44,7 @@ describe("the README and the banner, followed in order", () => {
 
   it("runs the walkthrough, then its CLI examples, as written", async () => {
     expect(cliExamples.length).toBeGreaterThanOrEqual(5);
-    product = await startProduct({ ipPrefix: "127.0.149", env: { HATCH_PROXY_FRONT: "embedded" } });
+    product = await startProduct({ ipPrefix: "127.0.149", env: { HATCH_PROXY_FRONT: "embedded" }, freshDatabase: true });
     // One shell: the CLI examples use $VM from the walkthrough.
     const script = `${walkthrough}\n${cliExamples.map((c) => `echo "+ ${c}"; ${c}`).join("\n")}\n`;
     const r = bash(script, product);

@@ -1,7 +1,10 @@
 import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
 import postgres from "postgres";
 import { openDatabase, type Database } from "../../src/db/client.ts";
 import { ADMIN_PG_URL, postgresEnabled } from "./env.ts";
+import { seededDataDir } from "./pglite-template.ts";
 
 export type DbKind = "pglite" | "postgres";
 
@@ -17,11 +20,19 @@ export interface TestDb {
   drop(): Promise<void>;
 }
 
-/** A fresh, migrated database: in-memory PGlite, or a new Postgres database dropped afterwards. */
+/** A fresh, migrated database: PGlite in a new directory (a copy of the template), or a new Postgres database; dropped afterwards. */
 export async function freshDb(kind: DbKind): Promise<TestDb> {
   if (kind === "pglite") {
-    const database = await openDatabase({});
-    return { database, url: undefined, drop: () => database.close() };
+    const dir = seededDataDir("hatch-test-db-");
+    const database = await openDatabase({ dataDir: join(dir, "pglite") });
+    return {
+      database,
+      url: undefined,
+      async drop() {
+        await database.close();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
   }
   const name = `hatch_test_${process.pid}_${randomBytes(4).toString("hex")}`;
   const admin = postgres(ADMIN_PG_URL, { max: 1, onnotice: () => {} });

@@ -13,6 +13,7 @@ import type { SleeperOptions } from "../../src/lifecycle/sleeper.ts";
 import { createSimulator, type Simulator } from "../../src/vms/simulator/index.ts";
 import { freshDb, type DbKind, type TestDb } from "./db.ts";
 import { freePort } from "./env.ts";
+import { seededDataDir } from "./pglite-template.ts";
 
 export const API_KEY = "sleep-test-key";
 
@@ -38,7 +39,7 @@ export async function stackDatabase(kind: DbKind): Promise<{ overrides: Partial<
     await t.database.close();
     return { overrides: { databaseUrl: t.url }, drop: () => t.drop() };
   }
-  const dir = mkdtempSync(join(tmpdir(), "hatch-sleep-"));
+  const dir = seededDataDir("hatch-sleep-");
   return { overrides: { databaseUrl: undefined, dataDir: dir }, drop: async () => rmSync(dir, { recursive: true, force: true }) };
 }
 
