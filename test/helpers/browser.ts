@@ -4,7 +4,7 @@
  * 127.0.0.1 inside it.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
+import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
@@ -37,6 +37,8 @@ export interface Browser {
 /** Starts Chromium with a fresh profile and attaches to its first tab. */
 export async function launchChromium(bin: string): Promise<Browser> {
   const profile = mkdtempSync(join(tmpdir(), "hatch-chromium-"));
+  const tmp = join(profile, "tmp");
+  mkdirSync(tmp);
   const child: ChildProcess = spawn(
     bin,
     [
@@ -52,7 +54,10 @@ export async function launchChromium(bin: string): Promise<Browser> {
       "--host-resolver-rules=MAP *.hatch.local 127.0.0.1",
       "about:blank",
     ],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    // Its own process group: close() ends the renderers and helpers with it, which otherwise go on
+    // writing into the profile after the browser process has exited (and leave it behind).
+    // Its temporary files (the singleton socket's directory) inside the profile, removed with it.
+    { stdio: ["ignore", "ignore", "pipe"], detached: true, env: { ...process.env, TMPDIR: tmp } },
   );
   let err = "";
   const endpoint = await new Promise<string>((resolve, reject) => {
@@ -126,13 +131,19 @@ export async function launchChromium(bin: string): Promise<Browser> {
     page,
     async close() {
       ws.close();
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-        await exited;
-        clearTimeout(timer);
-      }
+      const group = -child.pid!;
+      const signalGroup = (signal: NodeJS.Signals | 0) => {
+        try {
+          process.kill(group, signal);
+          return true;
+        } catch {
+          return false; // no process left in the group
+        }
+      };
+      signalGroup("SIGTERM");
+      const deadline = Date.now() + 5000;
+      while (signalGroup(0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      signalGroup("SIGKILL");
       // Chromium's crash handler may still be writing there for a moment: retry, and never fail a
       // test's cleanup over a temporary profile.
       try {
