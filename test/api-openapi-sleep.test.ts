@@ -4,14 +4,14 @@
  * Activity schema's fields and the documented error texts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import * as v from "valibot";
 import { ActivitySchema } from "../src/api/vm-sleep.ts";
 import { testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
 import { startStack, type Stack } from "../src/services.ts";
+import { seededDataDir } from "./helpers/pglite-template.ts";
 
 const KEY = "openapi-sleep-key";
 
@@ -44,7 +44,7 @@ const call = async (method: "GET" | "POST", template: string, id: string, init: 
 };
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "hatch-openapi-sleep-"));
+  dir = seededDataDir("hatch-openapi-sleep-");
   const config = testConfig({
     httpAddr: { host: "127.0.0.1", port: 0 },
     simAddr: { host: "127.0.0.1", port: 0 },

@@ -3,9 +3,8 @@
  * real stack: route API with the sleep protocol, the simulator in-process, the embedded proxy.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { request, type ClientRequest } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runPeopleCommand } from "../src/cli/people.ts";
 import { activityLines, humanDuration, type ActivityJson } from "../src/cli/sleep-command.ts";
@@ -13,6 +12,7 @@ import { testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
 import { addEmbeddedProxy, startStack, type Stack } from "../src/services.ts";
 import { freePort } from "./helpers/env.ts";
+import { seededDataDir } from "./helpers/pglite-template.ts";
 
 const KEY = "cli-sleep-key-5e1b";
 const PREFIX = "127.0.62";
@@ -26,7 +26,7 @@ let apiUrl: string;
 let closedUrl: string;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "hatch-cli-sleep-"));
+  dir = seededDataDir("hatch-cli-sleep-");
   const config = testConfig({
     httpAddr: { host: "127.0.0.1", port: 0 },
     proxyAddr: { host: "127.0.0.1", port: 0 },

@@ -102,11 +102,13 @@ const CALLS: [string, string, string?][] = [
 ];
 
 describe("route API answers to database failures", () => {
+  let t: TestDb;
   let database: Database;
   beforeAll(async () => {
-    database = await openDatabase({});
+    t = await freshDb("pglite");
+    database = t.database;
   });
-  afterAll(() => database.close());
+  afterAll(() => t.drop());
 
   it("503 + Retry-After, one log line naming the cause, no driver text, for every unavailable condition on every route endpoint", async () => {
     const f = failing(database);
@@ -146,8 +148,8 @@ describe("route API answers to database failures", () => {
 
 describe("a client that leaves mid-body", () => {
   it("is counted under its own status, logged without alarm, and never called a database outage", async () => {
-    const database = await openDatabase({});
-    const { app, logged } = appOn(database);
+    const t = await freshDb("pglite");
+    const { app, logged } = appOn(t.database);
     const served = await listenHono(app.fetch, { host: "127.0.0.1", port: 0 });
     try {
       const port = Number(new URL(served.url).port);
@@ -174,7 +176,7 @@ describe("a client that leaves mid-body", () => {
       expect(logged().some((l) => l.msg === "client closed the connection")).toBe(true);
     } finally {
       await served.close();
-      await database.close();
+      await t.drop();
     }
   });
 });

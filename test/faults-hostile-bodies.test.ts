@@ -6,8 +6,9 @@ import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../src/api/app.ts";
 import { checkCreateRoute } from "../src/api/routes.schemas.ts";
-import { openDatabase, type Database } from "../src/db/client.ts";
+import type { Database } from "../src/db/client.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
+import { freshDb, type TestDb } from "./helpers/db.ts";
 import { fakePlatform, testApp, vm } from "./helpers/fakes.ts";
 
 const KEY = "bodies-key";
@@ -19,17 +20,19 @@ const INHERITED = Object.getOwnPropertyNames(Object.prototype);
 const withKey = (base: Record<string, unknown>, extra: string) => JSON.stringify(base).replace(/}$/, `,${JSON.stringify(extra)}:1}`);
 
 describe("inherited names in request bodies", () => {
+  let t: TestDb;
   let database: Database;
   let app: ReturnType<typeof createApp>;
   let sim: Simulator;
   beforeAll(async () => {
-    database = await openDatabase({});
+    t = await freshDb("pglite");
+    database = t.database;
     sim = await createSimulator({ ipPrefix: "127.78.13" });
     app = testApp(database, fakePlatform([vm("vm_b")]).platform, [KEY]);
   });
   afterAll(async () => {
     await sim.close();
-    await database.close();
+    await t.drop();
   });
 
   it("covers what it claims", () => {
