@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +9,7 @@ import { testConfig } from "../src/config.ts";
 import { insertRoute } from "../src/db/routes.repo.ts";
 import { printTraefikConfig } from "../src/traefik/print-config.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
+import { seededDataDir } from "./helpers/pglite-template.ts";
 
 describe("printTraefikConfig", () => {
   let t: TestDb;
@@ -93,7 +94,7 @@ describe("printTraefikConfig", () => {
     });
 
     it("builds from the data directory when no API is running", async () => {
-      const dataDir = mkdtempSync(join(tmpdir(), "hatch-print-"));
+      const dataDir = seededDataDir("hatch-print-");
       try {
         const closed = createServer();
         await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
