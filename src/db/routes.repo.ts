@@ -1,4 +1,4 @@
-import { and, count, desc, eq } from "drizzle-orm";
+import { and, count, desc, eq, sql } from "drizzle-orm";
 import type { Database } from "./client.ts";
 import { routes, type NewRouteRow, type RouteRow } from "./schema.ts";
 
@@ -17,10 +17,37 @@ export function isUniqueViolation(err: unknown, constraint?: string): boolean {
   return false;
 }
 
+/** The route API's insert, built once per database: building the statement per request cost more than running it. */
+const preparedInserts = new WeakMap<Database, ReturnType<typeof prepareInsert>>();
+
+function prepareInsert(d: Database) {
+  return d.db
+    .insert(routes)
+    .values({
+      id: sql.placeholder("id"),
+      vmId: sql.placeholder("vmId"),
+      subdomain: sql.placeholder("subdomain"),
+      targetPort: sql.placeholder("targetPort"),
+      autoWake: sql.placeholder("autoWake"),
+      owner: sql.placeholder("owner"),
+    })
+    .returning()
+    .prepare("hatch_insert_route");
+}
+
 /** Inserts a route (a trigger announces it). Throws SubdomainTakenError on a subdomain collision. */
-export async function insertRoute(d: Database, row: NewRouteRow): Promise<RouteRow> {
+export async function insertRoute(d: Database, row: Pick<NewRouteRow, "id" | "vmId" | "subdomain" | "targetPort" | "autoWake" | "owner">): Promise<RouteRow> {
   try {
-    const [created] = await d.db.insert(routes).values(row).returning();
+    let insert = preparedInserts.get(d);
+    if (!insert) preparedInserts.set(d, (insert = prepareInsert(d)));
+    const [created] = await insert.execute({
+      id: row.id,
+      vmId: row.vmId,
+      subdomain: row.subdomain,
+      targetPort: row.targetPort,
+      autoWake: row.autoWake ?? true,
+      owner: row.owner ?? "",
+    });
     return created!;
   } catch (err) {
     if (isUniqueViolation(err, "routes_subdomain_key")) throw new SubdomainTakenError(row.subdomain);
