@@ -45,8 +45,9 @@ export async function insertRoute(d: Database, row: Pick<NewRouteRow, "id" | "vm
       vmId: row.vmId,
       subdomain: row.subdomain,
       targetPort: row.targetPort,
-      autoWake: row.autoWake ?? true,
-      owner: row.owner ?? "",
+      // A placeholder leaves no column to its default: the schema's defaults, taken from it.
+      autoWake: row.autoWake ?? (routes.autoWake.default as boolean),
+      owner: row.owner ?? (routes.owner.default as string),
     });
     return created!;
   } catch (err) {
