@@ -3,8 +3,7 @@
  * the hatch-proxy stack can stop and start while VMs keep running), and the stack (route API +
  * wake sidecar, or the embedded proxy) on a database that outlives it.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { testConfig, type Config } from "../../src/config.ts";
 import { silentLogger, type Logger } from "../../src/log.ts";
