@@ -431,3 +431,55 @@ describe("simulator: snapshots in the state file", () => {
     }
   });
 });
+
+describe("simulator: Hatch's tenancy (HATCH_SIM_USERS)", () => {
+  let sim: Simulator;
+  const users = new Map([
+    ["ka", "alice"],
+    ["kb", "bob"],
+  ]);
+  beforeAll(async () => {
+    sim = await createSimulator({ ipPrefix: "127.0.49", restoreMs: 0, users });
+  });
+  afterAll(() => sim.close());
+  const as = (key: string) => ({ authorization: `Bearer ${key}` });
+
+  it("every call needs a known key; a VM belongs to its creator's user; another user's VM is 404", async () => {
+    expect(await call(sim, "GET", "/vms")).toMatchObject({ status: 401, body: { error: "missing api key" } });
+    expect(await call(sim, "POST", "/vms", as("nobody"))).toMatchObject({ status: 401, body: { error: "invalid api key" } });
+    expect(await call(sim, "GET", "/vms", { authorization: "Basic x" })).toMatchObject({ status: 401, body: { error: "invalid authorization header" } });
+
+    const alices = await call(sim, "POST", "/vms", as("ka"));
+    expect(alices.status).toBe(201);
+    const id = alices.body.id as string;
+    expect((await call(sim, "GET", "/vms", as("ka"))).body.map((v: SimVm) => v.id)).toEqual([id]);
+    expect((await call(sim, "GET", "/vms", as("kb"))).body).toEqual([]);
+    for (const [method, path] of [
+      ["GET", `/vms/${id}`],
+      ["POST", `/vms/${id}/snapshot`],
+      ["POST", `/vms/${id}/stop`],
+      ["DELETE", `/vms/${id}`],
+      ["GET", `/vms/${id}/requests`],
+    ] as const) {
+      expect(await call(sim, method, path, as("kb")), `${method} ${path} as bob`).toMatchObject({ status: 404, body: { error: "not found" } });
+    }
+    expect((await call(sim, "GET", `/vms/${id}`, { "x-api-key": "ka" })).body.state).toBe("running");
+    // The owner is the user, not the key: a second key of Alice's sees her VM.
+    users.set("ka2", "alice");
+    expect((await call(sim, "GET", `/vms/${id}`, as("ka2"))).status).toBe(200);
+    users.delete("ka2");
+  });
+
+  it("the in-process platform acts for the service key it is given; without one it is refused like a Hatch client", async () => {
+    const vm = await sim.createVm({ ownerKey: "kb" });
+    await expect(sim.platform.list()).rejects.toMatchObject({ name: "CredentialRejectedError" });
+    await expect(sim.platform.wake(vm.id)).rejects.toMatchObject({ name: "CredentialRejectedError" });
+    const bob = sim.platformAs("kb");
+    expect((await bob.list()).map((v) => v.id)).toContain(vm.id);
+    expect((await bob.sleep(vm.id, "snapshot")).state).toBe("snapshotted");
+    expect(await sim.platformAs("ka").get(vm.id)).toBeUndefined();
+    await expect(sim.platformAs("ka").wake(vm.id)).rejects.toMatchObject({ reason: "not_found" });
+    expect((await bob.wake(vm.id)).state).toBe("running");
+    await sim.deleteVm(vm.id);
+  });
+});

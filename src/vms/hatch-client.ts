@@ -1,6 +1,6 @@
 /** VmPlatform over Hatch's REST VM API (GET /vms, GET /vms/:id, POST /vms/:id/restore|start|snapshot|stop). */
 import * as v from "valibot";
-import { PlatformUnavailableError, SleepError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
+import { CredentialRejectedError, PlatformUnavailableError, SleepError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
 
 export interface HatchClientOptions {
   /** Base URL of Hatch's API, e.g. http://127.0.0.1:8080 (no trailing slash needed). */
@@ -68,10 +68,11 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
     return normalise(parsed.output);
   };
 
-  const unexpected = (a: Answer, what: string, key: string | undefined) =>
-    new PlatformUnavailableError(
-      scrubKey(`VM platform unavailable: ${what} answered ${a.status}${errorText(a) ? `: ${errorText(a)}` : ""}`, key),
-    );
+  const unexpected = (a: Answer, what: string, key: string | undefined) => {
+    const text = scrubKey(`VM platform unavailable: ${what} answered ${a.status}${errorText(a) ? `: ${errorText(a)}` : ""}`, key);
+    // A refused key is not an outage: the caller decides what it means for the VM (nothing, here).
+    return a.status === 401 ? new CredentialRejectedError(text) : new PlatformUnavailableError(text);
+  };
 
   const get = async (id: string, key: string | undefined, deadline: AbortSignal, signal?: AbortSignal): Promise<Vm | undefined> => {
     const path = `/vms/${encodeURIComponent(id)}`;
@@ -151,6 +152,7 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
           if (a.status === 404 && !(await get(id, key, deadline, signal))) throw new WakeError("not_found", "vm not found");
           throw new WakeError("unsupported", "cannot start a stopped VM on this platform");
         }
+        if (a.status === 401) throw unexpected(a, `POST ${vmPath}/${op}`, key);
         if (a.status === 404) throw new WakeError("not_found", "vm not found");
         if (a.status === 409) {
           const now = await get(id, key, deadline, signal);
@@ -169,7 +171,7 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
       try {
         return await attempt();
       } catch (err) {
-        if (err instanceof WakeError) throw err;
+        if (err instanceof WakeError || err instanceof CredentialRejectedError) throw err;
         if (deadline.aborted) throw new WakeError("timeout", `vm did not wake within ${timeoutMs} ms`, { cause: err });
         if (signal?.aborted) throw new WakeError("failed", "failed to wake vm: aborted", { cause: err });
         if (err instanceof PlatformUnavailableError) throw failed(err.message, err);
@@ -184,6 +186,7 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
       const vmPath = `/vms/${encodeURIComponent(id)}`;
       try {
         const a = await call("POST", `${vmPath}/${action}`, key, deadline, callOpts?.signal);
+        if (a.status === 401) throw unexpected(a, `POST ${vmPath}/${action}`, key);
         if (a.status === 404) throw new SleepError("not_found", "vm not found");
         if (a.status === 409) throw new SleepError("conflict", scrubKey(errorText(a) || `${action} refused (409)`, key));
         if (a.status < 200 || a.status >= 300) throw new SleepError("failed", scrubKey(`failed to ${action} vm: ${errorText(a) || `answered ${a.status}`}`, key));

@@ -25,7 +25,7 @@ export const SLEEPING_STATES: readonly VmState[] = ["snapshotted", "stopped"];
 export interface CallOptions {
   /**
    * The caller's own API key, forwarded so the platform scopes VMs to that user (per-user auth).
-   * Absent: the service key (HATCH_API_KEY) is used.
+   * Absent: the key of the VM's owner where hatch-proxy keeps one, else the service key (HATCH_API_KEY).
    */
   userKey?: string | undefined;
   signal?: AbortSignal | undefined;
@@ -36,7 +36,7 @@ export interface VmPlatform {
   readonly kind: "hatch" | "simulator";
   /** The VM, or undefined when the platform says definitely that it does not exist (404). */
   get(id: string, opts?: CallOptions): Promise<Vm | undefined>;
-  /** Every VM visible to the service key. */
+  /** Every VM visible to the call's key (without one: every VM hatch-proxy follows). */
   list(opts?: CallOptions): Promise<Vm[]>;
   /**
    * Brings a sleeping VM to `running`: restore for `snapshotted`, start for `stopped`.
@@ -70,6 +70,32 @@ export class PlatformUnavailableError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "PlatformUnavailableError";
+  }
+}
+
+/** The platform refused the key of the call (401): it said nothing about the VM. */
+export class CredentialRejectedError extends PlatformUnavailableError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "CredentialRejectedError";
+  }
+}
+
+/**
+ * Why hatch-proxy holds no key that may act on a VM (a key-scoped platform answers a VM's calls only
+ * for its owner): `no_credential` (the owner of its routes has not called hatch-proxy's API with a key
+ * since), `credential_rejected` (the platform refused the owner's last key), `unowned` (routes without
+ * an owner, and HATCH_API_KEY cannot see the VM), `no_credentials_key` (HATCH_CREDENTIALS_KEY unset).
+ * Not an answer about the VM either: nothing is deleted because of it.
+ */
+export class VmAccessError extends PlatformUnavailableError {
+  constructor(
+    readonly reason: "no_credential" | "credential_rejected" | "unowned" | "no_credentials_key",
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "VmAccessError";
   }
 }
 

@@ -1,12 +1,23 @@
 /** The simulator's Hatch-compatible REST API (plus a test hook to inject restore failures). */
 import { Hono, type Context } from "hono";
-import { ownerOfKey, SimulatorError, type CreateVmInput, type SimulatorCore } from "./core.ts";
+import { SimulatorError, type CreateVmInput, type SimulatorCore } from "./core.ts";
 
 const CREATE_FIELDS = new Set(["guest_ports", "restore_ms"]);
 
 /** Builds the Hono app; every answer is JSON, errors as `{"error": "..."}`. */
 export function createSimulatorApi(core: SimulatorCore): Hono {
   const app = new Hono();
+  /** Who the request acts for, from its API key (Bearer or X-API-Key); undefined = unscoped. */
+  function callerOf(c: Context): string | undefined {
+    const auth = c.req.header("authorization");
+    if (auth !== undefined) {
+      const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+      if (!m) throw new SimulatorError(401, "invalid authorization header");
+      return core.callerOf(m[1]!);
+    }
+    return core.callerOf(c.req.header("x-api-key") || undefined);
+  }
+
   const allowed = new Map<string, string[]>();
   const route = (method: "GET" | "POST" | "DELETE", path: string, handler: (c: Context) => Response | Promise<Response>) => {
     app.on(method, path, handler);
@@ -71,18 +82,6 @@ export function createSimulatorApi(core: SimulatorCore): Hono {
     return c.json({ error: "internal error" }, 500);
   });
   return app;
-}
-
-/** The owner tag of the request's API key (Bearer or X-API-Key); undefined = unscoped. */
-function callerOf(c: Context): string | undefined {
-  const auth = c.req.header("authorization");
-  if (auth !== undefined) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-    if (!m) throw new SimulatorError(401, "invalid authorization header");
-    return ownerOfKey(m[1]!);
-  }
-  const key = c.req.header("x-api-key");
-  return key ? ownerOfKey(key) : undefined;
 }
 
 async function jsonObject(c: Context, emptyOk: boolean): Promise<Record<string, unknown>> {

@@ -79,8 +79,23 @@ export function ownerOfKey(key: string): string {
   return createHash("sha256").update(key).digest("hex");
 }
 
-/** `caller`: the owner tag of the requester, or undefined for an unscoped (single-tenant) caller. */
+/**
+ * Who a call acts for. With `users` (HATCH_SIM_USERS: key → user), as on Hatch: every call needs a
+ * key (401 without one, or with an unknown one) and VMs belong to users. Without: the owner tag of
+ * the key, or undefined (a call without a key sees every VM).
+ */
+export function callerOfKey(users: ReadonlyMap<string, string> | undefined, key: string | undefined): string | undefined {
+  if (!users) return key === undefined ? undefined : ownerOfKey(key);
+  if (key === undefined || key === "") throw new SimulatorError(401, "missing api key");
+  const user = users.get(key);
+  if (user === undefined) throw new SimulatorError(401, "invalid api key");
+  return user;
+}
+
+/** `caller`: the owner tag (or user) of the requester, or undefined for an unscoped (single-tenant) caller. */
 export interface SimulatorCore {
+  /** Who a call with `key` acts for (see callerOfKey); throws SimulatorError 401 when users are set and the key is not one. */
+  callerOf(key: string | undefined): string | undefined;
   createVm(input?: CreateVmInput, caller?: string): Promise<SimVm>;
   getVm(id: string, caller?: string): SimVm | undefined;
   listVms(caller?: string): SimVm[];
@@ -110,6 +125,8 @@ export interface CoreOptions {
   log: Logger;
   /** Called after every state change (an in-process VM directory can follow without polling). */
   onChange?: (() => void) | undefined;
+  /** HATCH_SIM_USERS: API key → user. Set: calls need a key and VMs belong to users, as on Hatch. */
+  users?: ReadonlyMap<string, string> | undefined;
 }
 
 interface Entry {
@@ -374,6 +391,8 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
   }
 
   return {
+    callerOf: (key) => callerOfKey(opts.users, key),
+
     async createVm(input = {}, caller) {
       if (closed) throw new SimulatorError(503, "simulator is shutting down");
       checkCreateInput(input);
@@ -386,7 +405,7 @@ export async function createSimulatorCore(opts: CoreOptions): Promise<SimulatorC
       }
       const octets = ip.split(".").map(Number);
       const stamp = now();
-      const owner = input.owner ?? (input.ownerKey !== undefined ? ownerOfKey(input.ownerKey) : caller) ?? null;
+      const owner = input.owner ?? (input.ownerKey !== undefined ? callerOfKey(opts.users, input.ownerKey) : caller) ?? null;
       const e = newEntry({
         id,
         image_id: "sim",

@@ -12,7 +12,7 @@ import { createSimulatorApi } from "./api.ts";
 import { createSimulatorCore, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
 import { createSimulatorPlatform } from "./platform.ts";
 
-export { MAX_SNAPSHOTS, ownerOfKey, SimulatorError, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
+export { callerOfKey, MAX_SNAPSHOTS, ownerOfKey, SimulatorError, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
 export { GuestTraffic, MAX_COUNTED_RIDS, MAX_RID_LENGTH } from "./guest-server.ts";
 
 export interface SimulatorOptions {
@@ -25,11 +25,15 @@ export interface SimulatorOptions {
   log?: Logger | undefined;
   /** Called after every state change of any VM. */
   onChange?: (() => void) | undefined;
+  /** HATCH_SIM_USERS (API key → user): every call then needs a key, and VMs belong to users, as on Hatch. */
+  users?: ReadonlyMap<string, string> | undefined;
 }
 
 export interface Simulator {
-  /** In-process VmPlatform (kind "simulator"), no HTTP hop. */
+  /** In-process VmPlatform (kind "simulator"), no HTTP hop; its calls name no key unless they give one. */
   readonly platform: VmPlatform;
+  /** The same, with `key` sent on every call that names none (HATCH_API_KEY, as a Hatch client does). */
+  platformAs(key: string | undefined): VmPlatform;
   /** The Hatch-compatible REST API. */
   readonly app: Hono;
   createVm(input?: CreateVmInput): Promise<SimVm>;
@@ -72,6 +76,7 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     stateFile: opts.stateFile,
     log,
     onChange: opts.onChange,
+    users: opts.users,
   });
   const app = createSimulatorApi(core);
   const platform = createSimulatorPlatform(core);
@@ -79,6 +84,7 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
 
   return {
     platform,
+    platformAs: (key) => (key === undefined ? platform : createSimulatorPlatform(core, key)),
     app,
     createVm: (input) => core.createVm(input),
     getVm: (id) => core.getVm(id),

@@ -1,10 +1,21 @@
 /** The simulator as an in-process VmPlatform (no HTTP hop), with the same scoping as its REST API. */
-import { SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
-import { ownerOfKey, SimulatorError, type SimulatorCore, type SimVm } from "./core.ts";
+import { CredentialRejectedError, SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
+import { SimulatorError, type SimulatorCore, type SimVm } from "./core.ts";
 
-/** A VmPlatform of kind "simulator" over `core`; `userKey` scopes like a request's API key. */
-export function createSimulatorPlatform(core: SimulatorCore): VmPlatform {
-  const callerOf = (opts?: CallOptions) => (opts?.userKey !== undefined ? ownerOfKey(opts.userKey) : undefined);
+/**
+ * A VmPlatform of kind "simulator" over `core`; `userKey` scopes like a request's API key, and
+ * `serviceKey` (HATCH_API_KEY) stands in for a call that names none, as a Hatch client sends its key.
+ */
+export function createSimulatorPlatform(core: SimulatorCore, serviceKey?: string): VmPlatform {
+  const callerOf = (opts?: CallOptions) => {
+    try {
+      return core.callerOf(opts?.userKey ?? serviceKey);
+    } catch (err) {
+      // The simulator's own 401 (HATCH_SIM_USERS set): the key is refused, as a Hatch client reports it.
+      if (err instanceof SimulatorError && err.status === 401) throw new CredentialRejectedError(`VM platform unavailable: answered 401: ${err.message}`);
+      throw err;
+    }
+  };
 
   const wakeOnce = async (id: string, caller: string | undefined): Promise<SimVm> => {
     const vm = core.getVm(id, caller);
@@ -34,7 +45,13 @@ export function createSimulatorPlatform(core: SimulatorCore): VmPlatform {
       return core.listVms(callerOf(opts));
     },
     wake(id, opts) {
-      const woke = wakeOnce(id, callerOf(opts)).catch((err: unknown) => {
+      let caller: string | undefined;
+      try {
+        caller = callerOf(opts);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      const woke = wakeOnce(id, caller).catch((err: unknown) => {
         throw toWakeError(err);
       });
       const { timeoutMs, signal } = opts ?? {};
