@@ -25,7 +25,7 @@ import { fakeDirectory, fakePlatform, vm } from "./helpers/fakes.ts";
 
 const KEY = "restore-key";
 const auth = { Authorization: `Bearer ${KEY}`, "content-type": "application/json" };
-const MIGRATIONS = 4;
+const MIGRATIONS = 6;
 const ROUTES = 65;
 
 const services: ConfigService[] = [];

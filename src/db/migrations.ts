@@ -31,6 +31,8 @@ export const ESSENTIAL_OBJECTS = [
   "vm_sleeps_pkey",
   "vm_sleeps_notify",
   "leases_pkey",
+  "owner_credentials_pkey",
+  "routes_owner_credentials_cleanup",
 ] as const;
 
 export interface SchemaState {

@@ -19,6 +19,8 @@ export const routes = pgTable(
   (t) => [
     check("routes_target_port_range", sql`${t.targetPort} BETWEEN 1 AND 65535`),
     index("routes_vm_created_idx").on(t.vmId, t.createdAt.desc(), t.id.desc()),
+    // The VM sync asks, per owner, which VMs their routes name (and whether any route is left).
+    index("routes_owner_vm_idx").on(t.owner, t.vmId),
   ],
 );
 
@@ -75,6 +77,21 @@ export const vmSleeps = pgTable(
     check("vm_sleeps_action", sql`${t.action} IN ('snapshot', 'stop')`),
   ],
 );
+
+/**
+ * The API key of a route owner (per-user mode), kept because a key-scoped platform (Hatch) wakes,
+ * sleeps and shows a VM only to its owner. `sealed` is the key encrypted with HATCH_CREDENTIALS_KEY
+ * (AES-256-GCM, bound to the owner); `key_digest` tells a newer key without decrypting; `key_id`
+ * names the operator key that sealed it. A trigger (drizzle/0005) drops the row with the owner's
+ * last route.
+ */
+export const ownerCredentials = pgTable("owner_credentials", {
+  owner: text("owner").primaryKey(),
+  sealed: text("sealed").notNull(),
+  keyDigest: text("key_digest").notNull(),
+  keyId: text("key_id").notNull(),
+  updatedAt: timestamp("updated_at", { withTimezone: true, precision: 3 }).notNull().defaultNow(),
+});
 
 /** Named leases: the idle sweeper runs in whichever process holds `idle-sweeper` (one at a time). */
 export const leases = pgTable("leases", {
