@@ -117,6 +117,28 @@ const entryPoints = custom(
   },
   "comma-separated Traefik entry point names such as web,websecure",
 );
+const simUsers = custom(
+  (s) => {
+    const users = new Map<string, string>();
+    for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
+      const m = /^([^\s:,]+):([^\s:,]+)$/.exec(part);
+      if (!m || users.has(m[1]!)) return undefined;
+      users.set(m[1]!, m[2]!);
+    }
+    return users.size ? (users as ReadonlyMap<string, string>) : undefined;
+  },
+  "comma-separated key:user pairs such as ka:alice,kb:bob (each key once)",
+);
+/** 32 random bytes, as 64 hex digits or base64 (what `openssl rand -hex 32` or `-base64 32` prints). */
+const secretKey32 = custom((s) => {
+  const t = s.trim();
+  if (/^[0-9a-fA-F]{64}$/.test(t)) return Buffer.from(t, "hex");
+  if (/^[A-Za-z0-9+/_-]{43}=?$/.test(t)) {
+    const b = Buffer.from(t, "base64");
+    if (b.length === 32) return b;
+  }
+  return undefined;
+}, "32 random bytes as 64 hex digits or base64, e.g. from `openssl rand -hex 32`");
 const logLevel = v.picklist(["debug", "info", "warn", "error", "silent"], "one of debug, info, warn, error, silent");
 
 /**
@@ -133,10 +155,17 @@ export const ENV_VARS = {
   HATCH_DATA_DIR: { default: "./data", schema: nonEmpty, doc: "Directory for the embedded database, the generated API key and the simulator's VMs." },
   HATCH_API_KEYS: { default: undefined, schema: apiKeys, doc: "Comma-separated API keys (plain or `sha256:<hex>`). Unset (and no verify URL): a key is generated once and kept in the data dir." },
   HATCH_BETTER_AUTH_VERIFY_URL: { default: undefined, schema: httpUrl, doc: "Verify keys with Hatch's better-auth endpoint; routes are then scoped per user." },
+  HATCH_CREDENTIALS_KEY: {
+    default: undefined,
+    schema: secretKey32,
+    doc: "Key that encrypts the API keys hatch-proxy keeps for route owners (required with HATCH_BETTER_AUTH_VERIFY_URL: Hatch acts on a VM only for its owner's key). 32 bytes, hex or base64.",
+  },
+  HATCH_AUTH_CACHE_TTL: { default: "30s", schema: duration, doc: "How long a key the verifier accepted is trusted without asking again (a revoked key works this long at most); 0 = ask every time." },
   HATCH_API_URL: { default: undefined, schema: httpUrl, doc: "Hatch VM API base URL. Unset: the built-in VM simulator." },
   HATCH_API_KEY: { default: undefined, schema: nonEmpty, doc: "API key sent to HATCH_API_URL." },
   HATCH_SIM_ADDR: { default: "127.0.0.1:8090", schema: addr, doc: "Listen address of the built-in VM simulator's API." },
   HATCH_SIM_RESTORE_MS: { default: "800", schema: intIn(0, 600_000), doc: "Simulated restore/start time in milliseconds (per-VM `restore_ms` overrides it)." },
+  HATCH_SIM_USERS: { default: undefined, schema: simUsers, doc: "Simulator tenancy as on Hatch: `key:user,…`; every call then needs one of these keys, a VM belongs to the user who created it, and another user's VM answers 404. Unset: no key needed." },
   HATCH_SIM_IP_PREFIX: { default: "127.0.1", schema: custom((s) => (/^127\.\d{1,3}\.\d{1,3}$/.test(s) ? s : undefined), "three loopback octets such as 127.0.1"), doc: "Simulated VMs get guest IPs <prefix>.N (loopback only)." },
   HATCH_VM_SYNC_INTERVAL: { default: "5s", schema: duration, doc: "How often the VM directory re-reads every VM state from the platform." },
   HATCH_PLATFORM_TIMEOUT: { default: "5s", schema: duration, doc: "Timeout of each VM platform call other than a wake." },
@@ -176,11 +205,15 @@ export interface Config {
   dataDir: string;
   apiKeys: string[] | undefined;
   authVerifyUrl: string | undefined;
+  /** HATCH_CREDENTIALS_KEY: seals the keys kept for route owners (per-user mode). */
+  credentialsKey: Buffer | undefined;
+  authCacheTtlMs: number;
   hatchApiUrl: string | undefined;
   hatchApiKey: string | undefined;
   simAddr: ListenAddr;
   simRestoreMs: number;
   simIpPrefix: string;
+  simUsers: ReadonlyMap<string, string> | undefined;
   vmSyncIntervalMs: number;
   platformTimeoutMs: number;
   traefikEntryPoints: string[];
@@ -255,7 +288,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const r = v.safeParse(spec.schema as v.GenericSchema<string, unknown>, text);
     if (r.success) out[name] = r.output;
     else {
-      const shown = /KEY|SECRET|TOKEN|PASSWORD/.test(name) ? "<hidden>" : JSON.stringify(redactValue(text));
+      const shown = /KEY|SECRET|TOKEN|PASSWORD|USERS/.test(name) ? "<hidden>" : JSON.stringify(redactValue(text));
       problems.push(`${name}=${shown}: expected ${r.issues[0]?.message ?? "a valid value"}`);
     }
   }
@@ -264,6 +297,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const maxBuffered = out.HATCH_WAKE_MAX_BUFFERED as number | undefined;
   if (maxBody !== undefined && maxBuffered !== undefined && maxBuffered < maxBody) {
     problems.push(`HATCH_WAKE_MAX_BUFFERED=${JSON.stringify(env.HATCH_WAKE_MAX_BUFFERED || ENV_VARS.HATCH_WAKE_MAX_BUFFERED.default)}: expected at least HATCH_WAKE_MAX_BODY (${env.HATCH_WAKE_MAX_BODY || ENV_VARS.HATCH_WAKE_MAX_BODY.default})`);
+  }
+  if (out.HATCH_BETTER_AUTH_VERIFY_URL !== undefined && out.HATCH_API_KEYS !== undefined) {
+    problems.push("HATCH_API_KEYS and HATCH_BETTER_AUTH_VERIFY_URL: set one of them (static keys for one tenant, or keys verified per user), not both");
+  }
+  if (out.HATCH_BETTER_AUTH_VERIFY_URL !== undefined && out.HATCH_CREDENTIALS_KEY === undefined && !problems.some((p) => p.startsWith("HATCH_CREDENTIALS_KEY="))) {
+    problems.push(
+      "HATCH_CREDENTIALS_KEY: required with HATCH_BETTER_AUTH_VERIFY_URL (Hatch wakes and sleeps a VM only for its owner's key, so hatch-proxy keeps each route owner's key, encrypted with this one); expected 32 random bytes as 64 hex digits or base64, e.g. from `openssl rand -hex 32`",
+    );
   }
   if (problems.length) throw new ConfigError(problems);
   const get = <K extends keyof Vars>(k: K) => out[k] as Parsed<K>;
@@ -279,11 +320,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     dataDir: get("HATCH_DATA_DIR") as string,
     apiKeys: out.HATCH_API_KEYS as string[] | undefined,
     authVerifyUrl: out.HATCH_BETTER_AUTH_VERIFY_URL as string | undefined,
+    credentialsKey: out.HATCH_CREDENTIALS_KEY as Buffer | undefined,
+    authCacheTtlMs: get("HATCH_AUTH_CACHE_TTL") as number,
     hatchApiUrl: out.HATCH_API_URL as string | undefined,
     hatchApiKey: out.HATCH_API_KEY as string | undefined,
     simAddr: get("HATCH_SIM_ADDR") as ListenAddr,
     simRestoreMs: get("HATCH_SIM_RESTORE_MS") as number,
     simIpPrefix: get("HATCH_SIM_IP_PREFIX") as string,
+    simUsers: out.HATCH_SIM_USERS as ReadonlyMap<string, string> | undefined,
     vmSyncIntervalMs: get("HATCH_VM_SYNC_INTERVAL") as number,
     platformTimeoutMs: get("HATCH_PLATFORM_TIMEOUT") as number,
     traefikEntryPoints: get("HATCH_TRAEFIK_ENTRYPOINTS") as string[],

@@ -11,12 +11,11 @@ import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
 import { platformProxy } from "./api/platform-proxy.ts";
 import type { ReadinessCheck } from "./api/health.ts";
-import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
+import { createStaticKeyAuth, createVerifyAuth, type Authenticator, type VerifyAuthenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
 import { listen, type Listening } from "./listen.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
 import { lockDirectory } from "./db/data-dir-lock.ts";
-import { deleteRoutesOfVm } from "./db/routes.repo.ts";
 import type { Logger } from "./log.ts";
 import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
 import { quietTraefikPolls, traefikEndpoint } from "./traefik/endpoint.ts";
@@ -25,6 +24,10 @@ import { createHatchClient } from "./vms/hatch-client.ts";
 import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
 import { createSimulator, type Simulator } from "./vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "./wake/proxy.ts";
+import { OwnerKeys } from "./tenancy/owner-keys.ts";
+import { Tenancy } from "./tenancy/tenancy.ts";
+import { TenantPlatform } from "./tenancy/tenant-platform.ts";
+import { CredentialVault } from "./tenancy/vault.ts";
 import { createLifecycleRuntime, type LifecycleRuntime } from "./lifecycle/runtime.ts";
 import { Sleeper, type SleeperOptions } from "./lifecycle/sleeper.ts";
 import { FrontActivity } from "./lifecycle/front-activity.ts";
@@ -49,7 +52,7 @@ export function describeDatabase(config: Config): string {
  */
 export function configureAuth(config: Config): { auth: Authenticator; generatedKey?: string; keyFile?: string } {
   if (config.apiKeys) return { auth: createStaticKeyAuth(config.apiKeys) };
-  if (config.authVerifyUrl) return { auth: createVerifyAuth({ url: config.authVerifyUrl }) };
+  if (config.authVerifyUrl) return { auth: createVerifyAuth({ url: config.authVerifyUrl, cacheTtlMs: config.authCacheTtlMs }) };
   const keyFile = join(config.dataDir, "api-key");
   let key = existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : "";
   if (!key) {
@@ -85,6 +88,8 @@ export interface Stack {
   config: Config;
   database: Database;
   platform: VmPlatform;
+  /** Keys kept for route owners, and the VM calls made with them (see src/tenancy). */
+  tenancy: Tenancy;
   directory: VmDirectory;
   simulator?: Simulator;
   /** The lifecycle pieces the proxies and the API of this process share. */
@@ -124,32 +129,37 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
   };
   try {
     let simulator: Simulator | undefined;
-    let platform: VmPlatform;
+    let base: VmPlatform;
     let simApi: Listening | undefined;
     // Bound once the directory exists: an in-process simulator tells it of every state change.
     let onSimulatorChange = () => {};
     if (config.hatchApiUrl) {
-      platform = createHatchClient({ baseUrl: config.hatchApiUrl, apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
+      base = createHatchClient({ baseUrl: config.hatchApiUrl, apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
     } else if (parts.simulator) {
       const served = await serveSimulator(config, log.child({ component: "simulator" }), { locked: parts.dataDirLocked, onChange: () => onSimulatorChange() });
       closers.push(() => served.close());
       simulator = served.simulator;
-      platform = simulator.platform;
+      base = simulator.platformAs(config.hatchApiKey);
       simApi = served.api;
     } else {
-      platform = createHatchClient({ baseUrl: addrToUrl(config.simAddr), timeoutMs: config.platformTimeoutMs });
+      base = createHatchClient({ baseUrl: addrToUrl(config.simAddr), apiKey: config.hatchApiKey, timeoutMs: config.platformTimeoutMs });
     }
 
     const database = await openConfiguredDatabase(config);
     closers.push(() => database.close());
+    const tenancyLog = log.child({ component: "tenancy" });
+    const keys = new OwnerKeys({ database, vault: config.credentialsKey ? new CredentialVault(config.credentialsKey) : undefined, log: tenancyLog });
+    const platform = new TenantPlatform({ base, keys, database, perUser: Boolean(config.authVerifyUrl), hasServiceKey: Boolean(config.hatchApiKey), log: tenancyLog });
+    const tenancy = new Tenancy(keys, platform, database, tenancyLog);
 
     const directory = createVmDirectory({
       platform,
       intervalMs: config.vmSyncIntervalMs,
       log: log.child({ component: "vm-directory" }),
-      // Hatch deletes a VM's routes with the VM; the directory calls this only on a definite 404.
+      // Hatch deletes a VM's routes with the VM; the directory calls this only on a definite 404, and
+      // only the routes whose owner's own key says 404 again now go.
       onVmGone: async (vmId) => {
-        const n = await deleteRoutesOfVm(database, vmId);
+        const n = await platform.deleteRoutesOfGoneVm(vmId);
         if (n) log.info("routes of a deleted VM removed", { vm_id: vmId, routes: n });
       },
     });
@@ -162,7 +172,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     await runtime.start();
     closers.push(() => runtime.stop());
 
-    const stack: Stack = { config, database, platform, directory, runtime, log, close, defer: (step) => void closers.push(step) };
+    const stack: Stack = { config, database, platform, tenancy, directory, runtime, log, close, defer: (step) => void closers.push(step) };
     if (simulator) stack.simulator = simulator;
     if (simApi) stack.simApi = simApi;
 
@@ -210,6 +220,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         config,
         database,
         platform,
+        tenancy,
         directory,
         auth,
         log: quietTraefikPolls(log.child({ component: "api" })),
@@ -225,6 +236,8 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
             check: async () => (configService.current() ? undefined : configService.notReadyReason()),
           },
           { name: "shutdown", check: async () => (closing ? "shutting down" : undefined) },
+          // Every uncached key gets a 503 while the verifier is away: not ready, and say which.
+          ...("readiness" in auth ? [{ name: "auth_verifier", check: () => (auth as VerifyAuthenticator).readiness() }] : []),
           ...(parts.readiness ?? []),
         ],
       });
@@ -273,6 +286,7 @@ export async function serveSimulator(
       ipPrefix: config.simIpPrefix,
       restoreMs: config.simRestoreMs,
       stateFile: join(config.dataDir, "simulator.json"),
+      users: config.simUsers,
       log,
       ...(opts.onChange && { onChange: opts.onChange }),
     });

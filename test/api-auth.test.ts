@@ -103,6 +103,77 @@ describe("better-auth verification and per-user scoping", () => {
   });
 });
 
+describe("the verifier's hygiene", () => {
+  /** A verifier whose answers the test controls: `hold` delays them, `valid` is the set of good keys. */
+  async function verifier() {
+    const state = { calls: 0, holdMs: 0, valid: new Set(["k-alice"]), down: false };
+    const server = createServer((req, res) => {
+      let body = "";
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        state.calls++;
+        const { key } = JSON.parse(body) as { key: string };
+        setTimeout(() => {
+          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(state.valid.has(key) ? { valid: true, userId: "alice" } : { valid: false }));
+        }, state.holdMs);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    return { state, server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/verify` };
+  }
+
+  it("30 concurrent requests with one uncached key make one verifier call, and all get its answer", async () => {
+    const v = await verifier();
+    v.state.holdMs = 300;
+    const auth = createVerifyAuth({ url: v.url });
+    const results = await Promise.all(Array.from({ length: 30 }, () => auth.authenticate({ authorization: "Bearer k-alice" })));
+    expect(results.every((p) => p.userId === "alice")).toBe(true);
+    expect(v.state.calls).toBe(1);
+    const bad = await Promise.allSettled(Array.from({ length: 30 }, () => auth.authenticate({ authorization: "Bearer k-mallory" })));
+    expect(bad.every((r) => r.status === "rejected" && (r.reason as Error).message === "invalid api key")).toBe(true);
+    expect(v.state.calls).toBe(2);
+    v.server.close();
+  });
+
+  it("a revoked key stops working once its cached answer is older than the cache lifetime (0: at once)", async () => {
+    const v = await verifier();
+    let now = 1_000_000;
+    const auth = createVerifyAuth({ url: v.url, cacheTtlMs: 10_000, now: () => now });
+    await auth.authenticate({ authorization: "Bearer k-alice" });
+    v.state.valid.delete("k-alice");
+    now += 9_999;
+    await expect(auth.authenticate({ authorization: "Bearer k-alice" })).resolves.toMatchObject({ userId: "alice" });
+    now += 2;
+    await expect(auth.authenticate({ authorization: "Bearer k-alice" })).rejects.toThrow("invalid api key");
+
+    v.state.valid.add("k-alice");
+    const uncached = createVerifyAuth({ url: v.url, cacheTtlMs: 0 });
+    await uncached.authenticate({ authorization: "Bearer k-alice" });
+    v.state.valid.delete("k-alice");
+    await expect(uncached.authenticate({ authorization: "Bearer k-alice" })).rejects.toThrow("invalid api key");
+    v.server.close();
+  });
+
+  it("/readyz names the verifier while it cannot be reached, and is ready again once it answers", async () => {
+    const v = await verifier();
+    const port = (v.server.address() as AddressInfo).port;
+    let now = 5_000_000;
+    const auth = createVerifyAuth({ url: v.url, timeoutMs: 300, now: () => now });
+    expect(await auth.readiness()).toBeUndefined();
+    await new Promise<void>((r) => v.server.close(() => r()));
+    // A real call fails first: /readyz says so at once, without waiting for a probe.
+    await expect(auth.authenticate({ authorization: "Bearer k-other" })).rejects.toMatchObject({ status: 503 });
+    expect(await auth.readiness()).toBe("key verifier (HATCH_BETTER_AUTH_VERIFY_URL) unreachable: ECONNREFUSED");
+    now += 10_000;
+    expect(await auth.readiness()).toMatch(/^key verifier \(HATCH_BETTER_AUTH_VERIFY_URL\) unreachable/);
+    const back = createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end('{"valid":false}'));
+    await new Promise<void>((r) => back.listen(port, "127.0.0.1", r));
+    now += 10_000;
+    expect(await auth.readiness()).toBeUndefined();
+    back.close();
+  });
+});
+
 describe("open endpoints", () => {
   it("leaves /healthz open while route endpoints need a key", async () => {
     const t = await freshDb("pglite");

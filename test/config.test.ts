@@ -65,6 +65,29 @@ describe("loadConfig", () => {
     ]);
   });
 
+  it("per-user keys need HATCH_CREDENTIALS_KEY (32 bytes, hex or base64); HATCH_SIM_USERS pairs keys with users, hidden in errors", () => {
+    const verify = { HATCH_BETTER_AUTH_VERIFY_URL: "http://auth:3000/verify" };
+    expect(() => loadConfig(verify)).toThrow(/HATCH_CREDENTIALS_KEY: required with HATCH_BETTER_AUTH_VERIFY_URL .*openssl rand -hex 32/);
+    const hex = "ab".repeat(32);
+    expect(loadConfig({ ...verify, HATCH_CREDENTIALS_KEY: hex }).credentialsKey).toEqual(Buffer.from(hex, "hex"));
+    expect(() => loadConfig({ ...verify, HATCH_CREDENTIALS_KEY: hex, HATCH_API_KEYS: "k" })).toThrow("HATCH_API_KEYS and HATCH_BETTER_AUTH_VERIFY_URL: set one of them");
+    const b64 = Buffer.alloc(32, 7).toString("base64");
+    expect(loadConfig({ HATCH_CREDENTIALS_KEY: b64 }).credentialsKey).toEqual(Buffer.alloc(32, 7));
+    for (const bad of ["short", "ab".repeat(31), Buffer.alloc(16).toString("base64")]) {
+      expect(() => loadConfig({ HATCH_CREDENTIALS_KEY: bad }), bad).toThrow("HATCH_CREDENTIALS_KEY=<hidden>: expected 32 random bytes");
+    }
+    expect(loadConfig({}).authCacheTtlMs).toBe(30_000);
+    expect(loadConfig({ HATCH_AUTH_CACHE_TTL: "0" }).authCacheTtlMs).toBe(0);
+    expect([...loadConfig({ HATCH_SIM_USERS: "ka:alice, kb:bob,svc:ops" }).simUsers!]).toEqual([
+      ["ka", "alice"],
+      ["kb", "bob"],
+      ["svc", "ops"],
+    ]);
+    for (const bad of ["ka", "ka:alice,ka:bob", "k a:alice", ":alice", "ka:"]) {
+      expect(() => loadConfig({ HATCH_SIM_USERS: bad }), bad).toThrow("HATCH_SIM_USERS=<hidden>: expected comma-separated key:user pairs");
+    }
+  });
+
   it("stops the process with one line per bad variable and exit code 78", () => {
     const main = fileURLToPath(new URL("../bin/hatch-proxy.js", import.meta.url));
     const r = spawnSync(process.execPath, [main, "api"], {

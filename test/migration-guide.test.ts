@@ -1,11 +1,12 @@
 /**
  * The README's "Moving from Hatch's built-in proxy", walked in order as an operator would, on a
- * stand-in for a Hatch installation: Hatch's API (the simulator, whose VMs belong to a user's key),
- * Hatch's PostgreSQL database with routes in its `proxy_routes` table, and a better-auth verify
- * endpoint. Every variable and command the guide names is taken from the guide itself, so the guide
+ * stand-in for a Hatch installation with two users: Hatch's API (the simulator scoping every call to
+ * its key's user, as Hatch does), Hatch's PostgreSQL database with routes in its `proxy_routes` table,
+ * and a better-auth verify endpoint. Every variable and command the guide names is taken from the guide itself, so the guide
  * and the product cannot drift apart unnoticed.
  */
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -77,7 +78,14 @@ if (!pg || !bin) console.warn(`[migration-guide] ${!pg ? "no PostgreSQL" : "no T
 
 describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Hatch", () => {
   const steps = guideSteps();
-  const KEY = "alice-key";
+  const KEY = "alice-key-0c4f2a9e";
+  const BOB_KEY = "bob-key-7d1e5b30";
+  const OPS_KEY = "ops-key-95a3c6f1";
+  const USERS = new Map([
+    [KEY, "user_alice"],
+    [BOB_KEY, "user_bob"],
+    [OPS_KEY, "user_ops"],
+  ]);
   const BASE = "hatch.local";
   let hatch: Awaited<ReturnType<typeof hatchDatabase>>;
   let target: TestDb;
@@ -88,29 +96,32 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
   let traefik: TestTraefik | undefined;
   let shop: string;
   let blog: string;
+  let wiki: string;
   let hatchRoutesBefore: unknown;
 
   beforeAll(async () => {
-    // Hatch: its API with two VMs of user_alice (one asleep), its database with their routes.
-    sim = await standaloneSimulator("127.0.98", 200);
+    // Hatch: its API with two VMs of user_alice (one asleep) and one of user_bob, its database with their routes.
+    sim = await standaloneSimulator("127.0.98", 200, USERS);
     const auth = { authorization: `Bearer ${KEY}` };
     shop = (await (await fetch(`${sim.url}/vms`, { method: "POST", headers: auth })).json()).id;
     blog = (await (await fetch(`${sim.url}/vms`, { method: "POST", headers: auth })).json()).id;
+    wiki = (await (await fetch(`${sim.url}/vms`, { method: "POST", headers: { authorization: `Bearer ${BOB_KEY}` } })).json()).id;
     expect((await fetch(`${sim.url}/vms/${blog}/snapshot`, { method: "POST", headers: auth })).ok).toBe(true);
     hatch = await hatchDatabase();
-    await hatch.sql`insert into vms (id, image_id, vcpu_count, mem_mib, user_id) values (${shop}, 'img_default', 1, 256, 'user_alice'), (${blog}, 'img_default', 1, 256, 'user_alice')`;
+    await hatch.sql`insert into vms (id, image_id, vcpu_count, mem_mib, user_id) values (${shop}, 'img_default', 1, 256, 'user_alice'), (${blog}, 'img_default', 1, 256, 'user_alice'), (${wiki}, 'img_default', 1, 256, 'user_bob')`;
     await hatch.sql.unsafe(`insert into proxy_routes (id, vm_id, subdomain, target_port, auto_wake, created_at, updated_at) values
       ('rt-00000000000000a1', '${shop}', 'shop', 8080, true, '2026-03-06T13:00:00Z', '2026-03-06T13:05:00Z'),
       ('rt-00000000000000b2', '${blog}', 'blog', 8080, true, '2026-03-07T10:00:00Z', '2026-03-07T10:00:00Z'),
-      ('rt-00000000000000c3', '${shop}', 'api', 8080, true, '2026-03-08T00:00:00Z', '2026-03-08T00:00:00Z')`);
+      ('rt-00000000000000c3', '${shop}', 'api', 8080, true, '2026-03-08T00:00:00Z', '2026-03-08T00:00:00Z'),
+      ('rt-00000000000000d4', '${wiki}', 'wiki', 8080, true, '2026-03-09T00:00:00Z', '2026-03-09T00:00:00Z')`);
     hatchRoutesBefore = await hatch.sql`select * from proxy_routes order by id`;
     // Hatch's better-auth verify endpoint: the same key, the same user.
     verify = createServer((req, res) => {
       let body = "";
       req.on("data", (c) => (body += c));
       req.on("end", () => {
-        const { key } = JSON.parse(body) as { key: string };
-        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(key === KEY ? { valid: true, userId: "user_alice" } : { valid: false }));
+        const userId = USERS.get((JSON.parse(body) as { key: string }).key);
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(userId ? { valid: true, userId } : { valid: false }));
       });
     });
     await new Promise<void>((r) => verify.listen(0, "127.0.0.1", r));
@@ -130,7 +141,7 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
 
   it("1–4: every setting the guide names is one of ours or hatchd's, with values that do what it says", async () => {
     const run = step(steps, /^Run hatch-proxy beside hatchd/);
-    for (const name of ["HATCH_API_URL", "HATCH_BETTER_AUTH_VERIFY_URL", "HATCH_PROXY_BASE_DOMAIN", "HATCH_HTTP_ADDR", "HATCH_TRAEFIK_PLATFORM_URL"]) {
+    for (const name of ["HATCH_API_URL", "HATCH_BETTER_AUTH_VERIFY_URL", "HATCH_CREDENTIALS_KEY", "HATCH_API_KEY", "HATCH_PROXY_BASE_DOMAIN", "HATCH_HTTP_ADDR", "HATCH_TRAEFIK_PLATFORM_URL"]) {
       expect(run, `step 1 names ${name}`).toContain(`\`${name}\``);
       expect(ENV_VARS, `${name} is a setting of hatch-proxy`).toHaveProperty(name);
     }
@@ -146,9 +157,13 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
     const entry = /`HATCH_TRAEFIK_ENTRYPOINTS=([a-z]+)`/.exec(tls)?.[1];
     expect(entry, "step 4 sets HATCH_TRAEFIK_ENTRYPOINTS").toBeDefined();
     expect(tls).toContain("`HATCH_TRAEFIK_CERT_RESOLVER=");
+    // The operator key, made the way step 1 says.
+    expect(run).toContain("`openssl rand -hex 32`");
+    expect(run).toMatch(/`HATCH_API_KEY` = a key of a Hatch user of hatch-proxy's\s+own, not a tenant's/);
     const printed = await cli(["traefik-config"], {
       DATABASE_URL: target.url!,
       HATCH_API_URL: sim.url,
+      HATCH_API_KEY: OPS_KEY,
       HATCH_PROXY_BASE_DOMAIN: BASE,
       HATCH_TRAEFIK_ENTRYPOINTS: entry!,
       HATCH_TRAEFIK_CERT_RESOLVER: "dns01",
@@ -169,6 +184,8 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
       stackConfig(ports, {
         databaseUrl: target.url,
         hatchApiUrl: sim.url,
+        hatchApiKey: OPS_KEY,
+        credentialsKey: randomBytes(32),
         traefikPlatformUrl: sim.url,
         authVerifyUrl: verifyUrl,
         apiKeys: undefined,
@@ -201,9 +218,9 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
 
     const real = await cli(args.filter((a) => a !== "--dry-run"), env);
     expect(real.code, real.out + real.err).toBe(exitSomeNot);
-    expect(real.out).toContain("3 routes in Hatch: 2 imported, 0 already here, 1 not imported");
+    expect(real.out).toContain("4 routes in Hatch: 3 imported, 0 already here, 1 not imported");
     const again = await cli(args.filter((a) => a !== "--dry-run"), env);
-    expect(again.out).toContain("3 routes in Hatch: 0 imported, 2 already here, 1 not imported");
+    expect(again.out).toContain("4 routes in Hatch: 0 imported, 3 already here, 1 not imported");
     expect(exitAllHere).toBe(0);
 
     expect(await hatch.sql`select * from proxy_routes order by id`).toEqual(hatchRoutesBefore);
@@ -212,6 +229,10 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
   it("6: the checks of the guide pass: healthz counts, the CLI lists the imported routes, the apps answer (a sleeping one wakes), activity, readyz", async () => {
     const checks = step(steps, /^Check it worked/);
     const port = traefik!.entryPort;
+    // Before its owner calls hatch-proxy with their key, an imported route's VM cannot be acted on: a 503 that says so.
+    expect(step(steps, /^Import the routes/)).toContain("503 `hatch-proxy holds\n   no key for this vm");
+    const dark = await viaFront(port, `wiki.${BASE}`, "/");
+    expect([dark.status, JSON.parse(dark.body).error]).toEqual([503, expect.stringMatching(/^hatch-proxy holds no key for this vm: .*has not called hatch-proxy's API with their key/)]);
     // `curl -H "Authorization: Bearer $KEY" https://api.<base>/healthz`
     const health = /`curl -H "Authorization: Bearer \$KEY" https:\/\/api\.<base>(\/\S+)`/.exec(checks);
     expect(health, "step 6 gives the healthz check").not.toBeNull();
@@ -235,11 +256,20 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
     expect([woken.status, JSON.parse(woken.body).vm_id]).toEqual([200, blog]);
     expect(sim.sim.getVm(blog)!.state).toBe("running");
 
+    // Bob does the same with his key: his route serves too, and neither sees the other's.
+    expect(checks).toContain("as each user, with their own key");
+    const bobs = await cli([...list![1]!.split(" ").slice(1), wiki], { HATCH_PROXY_URL: stack!.api!.url, HATCH_PROXY_API_KEY: BOB_KEY });
+    expect([bobs.code, bobs.out]).toEqual([0, expect.stringContaining("rt-00000000000000d4")]);
+    const wikiApp = await viaFront(port, `wiki.${BASE}`, "/");
+    expect([wikiApp.status, JSON.parse(wikiApp.body).vm_id]).toEqual([200, wiki]);
+    const theirs = await cli([...list![1]!.split(" ").slice(1), shop], { HATCH_PROXY_URL: stack!.api!.url, HATCH_PROXY_API_KEY: BOB_KEY });
+    expect(theirs.code).toBe(1);
+
     // `GET /vms/{id}/activity` and `/readyz`.
     expect(checks).toContain("`GET /vms/{id}/activity`");
     const activity = await viaFront(port, `api.${BASE}`, `/vms/${blog}/activity`, { authorization: `Bearer ${KEY}` });
     expect(activity.status).toBe(200);
-    expect(JSON.parse(activity.body)).toMatchObject({ vm_id: blog, state: "running", last_activity_at: expect.any(String) });
+    expect(JSON.parse(activity.body)).toMatchObject({ vm_id: blog, state: "running", last_activity_at: expect.any(String), platform_access: { status: "ok" } });
     expect(checks).toContain("`/readyz`");
     expect((await fetch(`${stack!.api!.url}/readyz`)).status).toBe(200);
   }, 60_000);

@@ -15,6 +15,7 @@ import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
 import { registerSleepEndpoints, type SleepDeps } from "./vm-sleep.ts";
+import type { Tenancy } from "../tenancy/tenancy.ts";
 
 export interface ApiDeps {
   config: Config;
@@ -22,6 +23,11 @@ export interface ApiDeps {
   platform: VmPlatform;
   directory: VmDirectory;
   auth: Authenticator;
+  /**
+   * Per-user mode on a key-scoped platform: keeps each route owner's key when they call, and says
+   * whether a VM can be reached (absent in tests that need none of it).
+   */
+  tenancy?: Tenancy | undefined;
   log: Logger;
   /** Sub-apps mounted beside the route API (e.g. "/traefik" → the config endpoint). */
   mounts?: Record<string, Hono<any>>;
@@ -104,12 +110,16 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   // A database that lacks migrations (being restored, or older than this code) answers with empty
   // or missing tables: a 503 then, never an empty list or a write into it.
   const migrated = new MigrationGate(deps.database);
+  /** The caller, from the request's key; in per-user mode their key is kept (or replaced) if they own a route. */
+  const authenticate = async (c: Context<ApiEnv>): Promise<Principal> => {
+    const principal = await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") });
+    c.set("principal", principal);
+    if (principal.scoped) await deps.tenancy?.offer(principal.userId, principal.key);
+    return principal;
+  };
   // Auth only on the methods each path serves, so a wrong method is a 405, not a 401.
   const requireAuth = async (c: Context<ApiEnv>, next: () => Promise<void>) => {
-    c.set(
-      "principal",
-      await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") }),
-    );
+    await authenticate(c);
     await migrated.ensure();
     await next();
   };
@@ -131,7 +141,7 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
     const relayed = async (c: Context<ApiEnv>) => {
       const allow = ALLOWED.find(([re]) => re.test(c.req.path))?.[1];
       if (allow) return c.json({ error: "method not allowed", request_id: c.get("requestId") }, 405, { Allow: allow.join(", ") });
-      c.set("principal", await deps.auth.authenticate({ authorization: c.req.header("authorization"), apiKey: c.req.header("x-api-key") }));
+      await authenticate(c);
       return relay(c);
     };
     for (const path of ["/vms", "/vms/*", "/images", "/images/*", "/templates", "/templates/*"]) app.all(path, relayed);

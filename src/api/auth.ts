@@ -51,48 +51,109 @@ export function createStaticKeyAuth(keys: readonly string[]): Authenticator {
 export interface VerifyAuthOptions {
   url: string;
   timeoutMs?: number;
-  /** How long a positive answer is trusted before asking again. */
+  /** How long a positive answer is trusted before asking again (HATCH_AUTH_CACHE_TTL); 0 = every call asks. */
   cacheTtlMs?: number;
   fetch?: typeof fetch;
   now?: () => number;
 }
 
+/** An authenticator that asks a verifier, and can say whether that verifier answers (for /readyz). */
+export interface VerifyAuthenticator extends Authenticator {
+  /** Undefined when the verifier answered lately (or answers a probe now), else why not. */
+  readiness(): Promise<string | undefined>;
+}
+
+type Verdict = { userId: string } | { invalid: true };
+
+/** How long the verifier's last answer (or silence) stands for /readyz before it is probed again. */
+const READINESS_FRESH_MS = 5000;
+
 /**
  * Hatch's better-auth protocol: `POST url {"key"}` → `{"valid": bool, "userId": "..."}`. Any non-200 or
  * `valid: false` is an invalid key; an unreachable verifier is a 503 (we cannot tell). Positive answers
- * are cached briefly, keyed by the key's digest so the plain key is not kept.
+ * are cached for `cacheTtlMs`, keyed by the key's digest so the plain key is not kept, and concurrent
+ * calls with one key share one verifier call. A revoked key keeps working until its cached answer
+ * expires, at most `cacheTtlMs`.
  */
-export function createVerifyAuth(opts: VerifyAuthOptions): Authenticator {
+export function createVerifyAuth(opts: VerifyAuthOptions): VerifyAuthenticator {
   const doFetch = opts.fetch ?? fetch;
   const ttl = opts.cacheTtlMs ?? 30_000;
+  const timeoutMs = opts.timeoutMs ?? 5000;
   const now = opts.now ?? Date.now;
   const cache = new Map<string, { userId: string; until: number }>();
+  const inFlight = new Map<string, Promise<Verdict>>();
+  let last: { at: number; problem: string | undefined } | undefined;
+  let probing: Promise<string | undefined> | undefined;
+
+  const heard = (problem: string | undefined) => {
+    last = { at: now(), problem };
+  };
+
+  /** One verifier call; its outcome also tells /readyz whether the verifier answers. */
+  const ask = async (key: string): Promise<Verdict> => {
+    let res: Response;
+    try {
+      res = await doFetch(opts.url, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ key }),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (err) {
+      heard(unreachable(err, timeoutMs));
+      throw new AppError(503, "authentication service unavailable");
+    }
+    heard(res.status >= 500 ? `answered ${res.status}` : undefined);
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      return { invalid: true };
+    }
+    const body = (await res.json().catch(() => undefined)) as { valid?: unknown; userId?: unknown } | undefined;
+    if (body?.valid !== true || typeof body.userId !== "string" || !body.userId) return { invalid: true };
+    return { userId: body.userId };
+  };
+
   return {
     async authenticate(headers) {
       const key = extractKey(headers);
       const id = sha256(key).toString("hex");
       const hit = cache.get(id);
       if (hit && hit.until > now()) return { userId: hit.userId, scoped: true, key };
-      let res: Response;
-      try {
-        res = await doFetch(opts.url, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ key }),
-          signal: AbortSignal.timeout(opts.timeoutMs ?? 5000),
-        });
-      } catch {
-        throw new AppError(503, "authentication service unavailable");
+      let pending = inFlight.get(id);
+      if (!pending) {
+        pending = ask(key).finally(() => inFlight.delete(id));
+        inFlight.set(id, pending);
       }
-      if (res.status !== 200) {
-        await res.body?.cancel();
+      const verdict = await pending;
+      if ("invalid" in verdict) {
+        cache.delete(id);
         throw new AppError(401, "invalid api key");
       }
-      const body = (await res.json().catch(() => undefined)) as { valid?: unknown; userId?: unknown } | undefined;
-      if (body?.valid !== true || typeof body.userId !== "string" || !body.userId) throw new AppError(401, "invalid api key");
-      if (cache.size > 10_000) cache.clear();
-      cache.set(id, { userId: body.userId, until: now() + ttl });
-      return { userId: body.userId, scoped: true, key };
+      if (ttl > 0) {
+        if (cache.size > 10_000) cache.clear();
+        cache.set(id, { userId: verdict.userId, until: now() + ttl });
+      }
+      return { userId: verdict.userId, scoped: true, key };
+    },
+    async readiness() {
+      if (last && now() - last.at < READINESS_FRESH_MS) return last.problem && verifierProblem(last.problem);
+      // A probe with no key: any answer below 500 says the verifier is there.
+      probing ??= ask("")
+        .then(
+          () => undefined,
+          () => undefined,
+        )
+        .then(() => last?.problem && verifierProblem(last.problem))
+        .finally(() => (probing = undefined));
+      return probing;
     },
   };
+}
+
+const verifierProblem = (why: string) => `key verifier (HATCH_BETTER_AUTH_VERIFY_URL) unreachable: ${why}`;
+
+function unreachable(err: unknown, timeoutMs: number): string {
+  if ((err as Error)?.name === "TimeoutError") return `no answer within ${timeoutMs} ms`;
+  const code = (err as { cause?: { code?: string } })?.cause?.code;
+  return code ?? "connection failed";
 }

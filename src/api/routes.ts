@@ -3,21 +3,20 @@ import { AppError, notFound } from "../errors.ts";
 import { deleteRoute, getRoute, insertRoute, listRoutesByVm, SubdomainTakenError } from "../db/routes.repo.ts";
 import { newRouteId, randomAlnum } from "../ids.ts";
 import { readJsonBody } from "./body.ts";
-import { ID_RE, vmForCaller as vmOf } from "./vm-access.ts";
+import { ID_RE, vmForPrincipal } from "./vm-access.ts";
 import { checkCreateRoute, RESERVED_SUBDOMAINS, TEXT, toRouteJson } from "./routes.schemas.ts";
 import type { ApiEnv, ApiDeps } from "./app.ts";
 
 /** Registers Hatch's Routes API: create, list per VM, get and delete one. */
 export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {
-  const { database, platform, directory } = deps;
-  const vmForCaller = (vmId: string, key: string | undefined) => vmOf(platform, vmId, key);
+  const { database, directory, tenancy } = deps;
 
   app.post("/vms/:vm_id/routes", async (c) => {
     const principal = c.get("principal");
     const input = checkCreateRoute(await readJsonBody(c));
     if (!input.ok) throw new AppError(400, input.error);
     const vmId = c.req.param("vm_id");
-    const vm = await vmForCaller(vmId, principal.scoped ? principal.key : undefined);
+    const vm = await vmForPrincipal(deps, vmId, principal);
     directory.record(vm);
     const { target_port, auto_wake } = input.value;
     // A generated subdomain is never reserved and is retried when the UNIQUE index says it is taken.
@@ -35,6 +34,8 @@ export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {
           owner: principal.userId,
         });
         c.get("log").info("route created", { route_id: row.id, vm_id: vmId, subdomain });
+        // The owner's key, kept now that they have a route: the VM is woken and slept with it.
+        if (principal.scoped) await tenancy?.offer(principal.userId, principal.key, true);
         return c.json(toRouteJson(row), 201);
       } catch (err) {
         if (!(err instanceof SubdomainTakenError)) throw err;
@@ -46,7 +47,7 @@ export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {
   app.get("/vms/:vm_id/routes", async (c) => {
     const principal = c.get("principal");
     const vmId = c.req.param("vm_id");
-    await vmForCaller(vmId, principal.scoped ? principal.key : undefined);
+    await vmForPrincipal(deps, vmId, principal);
     const rows = await listRoutesByVm(database, vmId, principal.scoped ? principal.userId : undefined);
     return c.json(rows.map(toRouteJson));
   });

@@ -15,7 +15,7 @@ import type { Sleeper } from "../lifecycle/sleeper.ts";
 import type { ApiDeps, ApiEnv } from "./app.ts";
 import { readJsonBody } from "./body.ts";
 import { isoSeconds } from "./routes.schemas.ts";
-import { vmForCaller } from "./vm-access.ts";
+import { vmForPrincipal } from "./vm-access.ts";
 
 /** What the sleep endpoints need beyond the route API's own dependencies. */
 export interface SleepDeps {
@@ -43,13 +43,19 @@ export const ActivitySchema = v.object({
     v.nullable(v.object({ phase: v.string(), reason: v.string(), started_at: v.string() })),
     v.description("A sleep under way: draining (routers out, work finishing) or sleeping (snapshot/stop running)."),
   ),
+  platform_access: v.pipe(
+    v.object({ status: v.picklist(["ok", "no_credential", "credential_rejected", "unowned", "no_credentials_key"]), detail: v.nullable(v.string()) }),
+    v.description(
+      "Whether hatch-proxy can follow, wake and sleep the VM by itself (a key-scoped platform acts on a VM only for its owner): `ok`, or why not, and what the owner can do (`detail`).",
+    ),
+  ),
 });
 
 const iso = (d: Date) => d.toISOString();
 
 /** Registers the two endpoints (only where this process can run the sleep protocol). */
 export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: SleepDeps): void {
-  const { database, platform, config } = deps;
+  const { database, config } = deps;
 
   app.post("/vms/:vm_id/sleep", async (c) => {
     const principal = c.get("principal");
@@ -61,7 +67,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
     if (unknown.length) throw new AppError(400, `unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`);
     const parsed = v.safeParse(SleepBody, body);
     if (!parsed.success) throw new AppError(400, 'action must be "snapshot" or "stop"');
-    const vm = await vmForCaller(platform, vmId, principal.scoped ? principal.key : undefined);
+    const vm = await vmForPrincipal(deps, vmId, principal);
     if (vm.state !== "running") throw new AppError(409, `vm is not running (current state: ${vm.state})`, { code: "not_running" });
     const r = await sleep.sleeper.sleep(vmId, "api", { action: parsed.output.action });
     switch (r.outcome) {
@@ -84,7 +90,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
   app.get("/vms/:vm_id/activity", async (c) => {
     const principal = c.get("principal");
     const vmId = c.req.param("vm_id");
-    const vm = await vmForCaller(platform, vmId, principal.scoped ? principal.key : undefined);
+    const vm = await vmForPrincipal(deps, vmId, principal);
     // What this process has open goes in first, so its own view is current.
     await sleep.activity.flush();
     const [facts, row, last] = await Promise.all([
@@ -99,6 +105,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
       sleepsAt = iso(new Date(Math.max(Date.now(), +facts.idleSince + config.idleTimeoutMs)));
     }
     const lastAt = last[0] ? new Date(last[0].at) : undefined;
+    const access = (await deps.tenancy?.access(vmId)) ?? { ok: true };
     return c.json({
       vm_id: vmId,
       state: vm.state,
@@ -108,6 +115,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
       idle_timeout_s: config.idleTimeoutMs / 1000,
       sleeps_at: sleepsAt,
       sleep: active ? { phase: active.phase, reason: active.reason, started_at: iso(active.startedAt) } : null,
+      platform_access: access.ok ? { status: "ok", detail: null } : { status: access.problem.reason, detail: access.problem.message },
     } satisfies v.InferOutput<typeof ActivitySchema>);
   });
 }

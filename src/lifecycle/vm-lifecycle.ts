@@ -15,7 +15,7 @@ import { databaseUnavailable } from "../db/errors.ts";
 import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
 import type { Logger } from "../log.ts";
-import { PlatformUnavailableError, SLEEPING_STATES, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
+import { PlatformUnavailableError, SLEEPING_STATES, VmAccessError, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError, HeldBytes } from "../wake/body.ts";
 import type { WakeMetrics, WakeOutcome } from "../wake/metrics.ts";
 import { ReadyTimeoutError, waitForPort } from "../wake/ready.ts";
@@ -88,8 +88,9 @@ export class VmLifecycle {
     return this.refreshes.run(vmId, () => this.deps.directory.refreshOne(vmId));
   }
 
-  /** The platform is down: a 503 the client may retry. */
+  /** The platform is down (a 503 the client may retry), or hatch-proxy holds no key that may act on the VM (a 503 that says why). */
   platformDown(err: unknown, vmId: string): Failure {
+    if (err instanceof VmAccessError) return this.noAccess(err, vmId);
     this.deps.log.warn("vm platform unavailable", { vm: vmId, err });
     return { status: 503, error: "vm platform unavailable", headers: { "retry-after": "1" } };
   }
@@ -301,9 +302,16 @@ export class VmLifecycle {
     }
   }
 
+  /** No key may act on the VM: retrying does not help until its owner calls, so no Retry-After. */
+  private noAccess(err: VmAccessError, vmId: string): Failure {
+    this.deps.log.warn("vm cannot be reached: no key may act on it", { vm: vmId, reason: err.reason });
+    return { status: 503, error: err.message };
+  }
+
   /** The public answer for a failed wake. */
   wakeFailure(err: unknown, vmId: string): Failure {
     if (err instanceof FailureError) return err.failure;
+    if (err instanceof VmAccessError) return this.noAccess(err, vmId);
     if (err instanceof ShuttingDownError) return SHUTTING_DOWN;
     if (err instanceof WakeTimeoutError || err instanceof ReadyTimeoutError || err instanceof LockTimeoutError) {
       return { status: 504, error: this.timeoutText };

@@ -128,13 +128,18 @@ export async function startProduct(opts: ProductOptions): Promise<Product> {
   };
 }
 
-/** A standalone simulator (`hatch-proxy sim`): its VMs outlive the product under test. */
-export async function startSimulator(ipPrefix: string, dir: string, dataDir = join(dir, "sim-data")): Promise<{ url: string; child: ChildProcess; stop(): Promise<void> }> {
+/** A standalone simulator (`hatch-proxy sim`): its VMs outlive the product under test. `env` adds settings (HATCH_SIM_USERS…). */
+export async function startSimulator(
+  ipPrefix: string,
+  dir: string,
+  dataDir = join(dir, "sim-data"),
+  env: Record<string, string> = {},
+): Promise<{ url: string; child: ChildProcess; output(): string; stop(): Promise<void> }> {
   const port = await freePort();
   let out = "";
   const child = spawn(process.execPath, [BIN, "sim"], {
     cwd: dir,
-    env: { ...process.env, HATCH_SIM_ADDR: `127.0.0.1:${port}`, HATCH_SIM_IP_PREFIX: ipPrefix, HATCH_SIM_RESTORE_MS: "300", HATCH_DATA_DIR: dataDir },
+    env: { ...process.env, HATCH_SIM_ADDR: `127.0.0.1:${port}`, HATCH_SIM_IP_PREFIX: ipPrefix, HATCH_SIM_RESTORE_MS: "300", HATCH_DATA_DIR: dataDir, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout!.on("data", (c) => (out += c));
@@ -147,6 +152,7 @@ export async function startSimulator(ipPrefix: string, dir: string, dataDir = jo
   return {
     url: `http://127.0.0.1:${port}`,
     child,
+    output: () => out,
     stop: () => stopProcess(child),
   };
 }

@@ -16,9 +16,9 @@ import { seededDataDir } from "./pglite-template.ts";
 
 export const API_KEY = "sleep-test-key";
 
-/** A simulator with its Hatch-compatible API on a free loopback port. */
-export async function standaloneSimulator(ipPrefix: string, restoreMs = 200): Promise<{ sim: Simulator; url: string; close(): Promise<void> }> {
-  const sim = await createSimulator({ ipPrefix, restoreMs });
+/** A simulator with its Hatch-compatible API on a free loopback port (`users`: HATCH_SIM_USERS, key → user). */
+export async function standaloneSimulator(ipPrefix: string, restoreMs = 200, users?: ReadonlyMap<string, string>): Promise<{ sim: Simulator; url: string; close(): Promise<void> }> {
+  const sim = await createSimulator({ ipPrefix, restoreMs, users });
   const served = await sim.listen({ host: "127.0.0.1", port: 0 });
   return {
     sim,
