@@ -200,6 +200,7 @@ describe("vms activity and vms sleep against the full stack", () => {
       idle_timeout_s: 3600,
       sleeps_at: null,
       sleep: null,
+      platform_access: { status: "ok", detail: null },
     });
   });
 
@@ -291,6 +292,10 @@ describe("activity for people", () => {
     expect(lines({ idle_since: null, last_activity_at: null, sleeps_at: null })).toMatchObject({ "last activity": "never", "idle since": "- (no routes)", "sleeps at": "- (no routes)" });
     const draining = lines({ sleeps_at: null, sleep: { phase: "draining", reason: "idle", started_at: "2025-03-01T11:59:57.000Z" } });
     expect(draining).toMatchObject({ "sleeps at": "- (a sleep is under way)", "sleep in progress": "draining (reason: idle) since 2025-03-01T11:59:57Z (3s ago)" });
+    // A VM hatch-proxy cannot act on says so, and why it will not be put to sleep.
+    const dark = lines({ sleeps_at: null, platform_access: { status: "no_credential", detail: "hatch-proxy holds no key for this vm: …" } });
+    expect(dark).toMatchObject({ "sleeps at": "- (hatch-proxy cannot act on it: see platform access)", "platform access": "no_credential: hatch-proxy holds no key for this vm: …" });
+    expect(lines({ platform_access: { status: "ok", detail: null } })).not.toHaveProperty("platform access");
   });
 
   it("a sleep that is due says so, and a last activity this very second is just now", () => {

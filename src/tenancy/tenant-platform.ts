@@ -16,6 +16,7 @@ import { deleteRoutesById, routeOwnersOfVm } from "../db/credentials.repo.ts";
 import type { Logger } from "../log.ts";
 import { CredentialRejectedError, SleepError, VmAccessError, WakeError, type CallOptions, type SleepAction, type Vm, type VmPlatform } from "../vms/platform.ts";
 import { credentialRejected, unowned, type OwnerKeys } from "./owner-keys.ts";
+import { RouteOwners } from "./route-owners.ts";
 
 export interface TenantPlatformOptions {
   /** The platform itself; a call without `userKey` sends the service key (HATCH_API_KEY), if any. */
@@ -45,15 +46,14 @@ interface Plan {
 
 /** Lists run this many at a time (one per owner with routes). */
 const LIST_CONCURRENCY = 8;
-const MAX_REMEMBERED_VMS = 200_000;
 
 export class TenantPlatform implements VmPlatform {
   readonly kind: VmPlatform["kind"];
-  /** Route owners of each VM as last read (a lookup while the database is away uses them). */
-  private readonly ownersOf = new Map<string, string[]>();
+  private readonly owners: RouteOwners;
 
   constructor(private readonly opts: TenantPlatformOptions) {
     this.kind = opts.base.kind;
+    this.owners = new RouteOwners(opts.database, opts.perUser);
   }
 
   async get(id: string, callOpts?: CallOptions): Promise<Vm | undefined> {
@@ -83,7 +83,7 @@ export class TenantPlatform implements VmPlatform {
     let owners: Awaited<ReturnType<OwnerKeys["owners"]>> = [];
     try {
       owners = await this.opts.keys.owners();
-      this.rememberOwners(owners);
+      this.owners.remember(owners);
     } catch (err) {
       // Without the database, the service key's view is what there is; VMs of owners stay as known.
       this.opts.log.debug("route owners could not be read for the vm sync", { err });
@@ -174,7 +174,7 @@ export class TenantPlatform implements VmPlatform {
 
   /** The keys that may see `vmId`, the owners of its routes first. */
   private async plan(vmId: string): Promise<Plan> {
-    const owners = await this.routeOwners(vmId);
+    const owners = await this.owners.of(vmId);
     const plan: Plan = { viewers: [], problems: [] };
     // A VM no route names: the service key's view (nothing depends on it).
     if (!owners.length) plan.viewers.push({ owner: "", key: undefined, definitive: true });
@@ -194,30 +194,6 @@ export class TenantPlatform implements VmPlatform {
     }
     const k = await this.opts.keys.keyOf(owner);
     return "key" in k ? { owner, key: k.key, definitive: true } : k;
-  }
-
-  /** The owners of `vmId`'s routes; the last known ones while the database is away. */
-  private async routeOwners(vmId: string): Promise<string[]> {
-    try {
-      const owners = [...new Set((await routeOwnersOfVm(this.opts.database, vmId)).map((r) => r.owner))];
-      if (this.ownersOf.size >= MAX_REMEMBERED_VMS) this.ownersOf.clear();
-      if (owners.length) this.ownersOf.set(vmId, owners);
-      else this.ownersOf.delete(vmId);
-      return owners;
-    } catch (err) {
-      const known = this.ownersOf.get(vmId);
-      if (known) return known;
-      // Never read: single-tenant, the service key is the one anyway; per user, say so.
-      if (!this.opts.perUser) return [];
-      throw err;
-    }
-  }
-
-  private rememberOwners(owners: { owner: string; vmIds: string[] }[]): void {
-    if (this.ownersOf.size >= MAX_REMEMBERED_VMS) this.ownersOf.clear();
-    const byVm = new Map<string, string[]>();
-    for (const o of owners) for (const vm of o.vmIds) byVm.set(vm, [...(byVm.get(vm) ?? []), o.owner]);
-    for (const [vm, list] of byVm) this.ownersOf.set(vm, list);
   }
 
   /**
