@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sql } from "drizzle-orm";
 import { openDatabase, ROUTES_CHANNEL } from "../src/db/client.ts";
-import { insertRoute, listRoutesByVm, SubdomainTakenError, deleteRoutesOfVm, getRouteBySubdomain } from "../src/db/routes.repo.ts";
+import { insertRoute, listRoutesByVm, SubdomainTakenError, getRouteBySubdomain } from "../src/db/routes.repo.ts";
+import { deleteRoutesById } from "../src/db/credentials.repo.ts";
 import { dbKinds, freshDb, type TestDb } from "./helpers/db.ts";
 
 const row = (id: string, subdomain: string, vmId = "vm_1") => ({ id, vmId, subdomain, targetPort: 8080 });
@@ -27,11 +28,11 @@ describe.each(await dbKinds())("database on %s", (kind) => {
     expect(await getRouteBySubdomain(t.database, "p")).toBeUndefined();
   });
 
-  it("lists routes of a VM newest first and deletes them with the VM", async () => {
+  it("lists routes of a VM newest first and deletes exactly the ones named", async () => {
     await insertRoute(t.database, row("rt_b1", "b1", "vm_b"));
     await insertRoute(t.database, row("rt_b2", "b2", "vm_b"));
     expect((await listRoutesByVm(t.database, "vm_b")).map((r) => r.id)).toEqual(["rt_b2", "rt_b1"]);
-    expect(await deleteRoutesOfVm(t.database, "vm_b")).toBe(2);
+    expect(await deleteRoutesById(t.database, ["rt_b1", "rt_b2", "rt_nope"])).toBe(2);
     expect(await listRoutesByVm(t.database, "vm_b")).toEqual([]);
   });
 

@@ -89,12 +89,6 @@ export async function deleteRoute(d: Database, id: string, owner?: string): Prom
   return row;
 }
 
-/** Deletes every route of a VM (the VM is gone); returns how many were removed. */
-export async function deleteRoutesOfVm(d: Database, vmId: string): Promise<number> {
-  const rows = await d.db.delete(routes).where(eq(routes.vmId, vmId)).returning({ id: routes.id });
-  return rows.length;
-}
-
 /** How many routes there are (of one owner, when given). */
 export async function countRoutes(d: Database, owner?: string): Promise<number> {
   const [row] = await d.db
