@@ -8,8 +8,6 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { createServer, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -20,7 +18,8 @@ import { postgresEnabled, traefikBinary } from "./helpers/env.ts";
 import { BIN, waitFor } from "./helpers/front.ts";
 import { hatchDatabase } from "./helpers/hatch-db.ts";
 import { stackConfig, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
-import { startTestTraefik, traefikPorts, type TestTraefik } from "./helpers/traefik.ts";
+import { startTestTraefik, traefikPorts, viaEntry, type TestTraefik } from "./helpers/traefik.ts";
+import { startVerifier, type TestVerifier } from "./helpers/verifier.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const README = readFileSync(join(ROOT, "README.md"), "utf8");
@@ -58,19 +57,7 @@ function cli(args: string[], env: Record<string, string>): Promise<{ code: numbe
 }
 
 /** A request to `host` on Traefik's public entry point (as wildcard DNS would send it). */
-function viaFront(port: number, host: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, headers: { host, ...headers }, agent: false, timeout: 15_000 }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (c) => (body += c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("timeout", () => req.destroy(new Error(`no answer from ${host}${path}`)));
-    req.on("error", reject);
-    req.end();
-  });
-}
+const viaFront = (port: number, host: string, path: string, headers: Record<string, string> = {}) => viaEntry(port, host, path, { headers });
 
 const pg = await postgresEnabled();
 const bin = traefikBinary();
@@ -90,7 +77,7 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
   let hatch: Awaited<ReturnType<typeof hatchDatabase>>;
   let target: TestDb;
   let sim: Awaited<ReturnType<typeof standaloneSimulator>>;
-  let verify: Server;
+  let verify: TestVerifier;
   let verifyUrl: string;
   let stack: Stack | undefined;
   let traefik: TestTraefik | undefined;
@@ -116,16 +103,8 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
       ('rt-00000000000000d4', '${wiki}', 'wiki', 8080, true, '2026-03-09T00:00:00Z', '2026-03-09T00:00:00Z')`);
     hatchRoutesBefore = await hatch.sql`select * from proxy_routes order by id`;
     // Hatch's better-auth verify endpoint: the same key, the same user.
-    verify = createServer((req, res) => {
-      let body = "";
-      req.on("data", (c) => (body += c));
-      req.on("end", () => {
-        const userId = USERS.get((JSON.parse(body) as { key: string }).key);
-        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(userId ? { valid: true, userId } : { valid: false }));
-      });
-    });
-    await new Promise<void>((r) => verify.listen(0, "127.0.0.1", r));
-    verifyUrl = `http://127.0.0.1:${(verify.address() as AddressInfo).port}/verify`;
+    verify = await startVerifier(USERS);
+    verifyUrl = verify.url;
     target = await freshDb("postgres");
     await target.database.close();
   }, 60_000);
@@ -134,7 +113,7 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
     await traefik?.stop();
     await stack?.close();
     await sim?.close();
-    verify?.close();
+    await verify?.close();
     await hatch?.close();
     await target?.drop();
   });

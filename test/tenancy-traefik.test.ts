@@ -7,8 +7,6 @@
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -18,7 +16,8 @@ import type { Stack } from "../src/services.ts";
 import { postgresEnabled, traefikBinary } from "./helpers/env.ts";
 import { startSimulator, waitFor } from "./helpers/front.ts";
 import { stackConfig, stackDatabase, stackPorts, startSleepStack } from "./helpers/stack.ts";
-import { startTestTraefik, traefikPorts, type TestTraefik } from "./helpers/traefik.ts";
+import { startTestTraefik, traefikPorts, viaEntry, type TestTraefik } from "./helpers/traefik.ts";
+import { startVerifier, type TestVerifier } from "./helpers/verifier.ts";
 
 const pg = await postgresEnabled();
 const bin = traefikBinary();
@@ -29,29 +28,10 @@ type User = keyof typeof KEYS;
 const SECOND_ALICE_KEY = "alice-key-second-2f6b0e94";
 const ALL_KEYS = [...Object.values(KEYS), SECOND_ALICE_KEY];
 
-/** GET `host` on Traefik's entry point; a 307 back to the same URL (the sleep fallback) is followed. */
-async function viaFront(port: number, host: string, path = "/"): Promise<{ status: number; body: string }> {
-  for (let hop = 0; ; hop++) {
-    const r = await new Promise<{ status: number; body: string; location?: string }>((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port, path, headers: { host }, agent: false, timeout: 20_000 }, (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (c) => (body += c));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body, location: res.headers.location }));
-      });
-      req.on("timeout", () => req.destroy(new Error(`no answer from ${host}${path}`)));
-      req.on("error", reject);
-      req.end();
-    });
-    if (r.status !== 307 || hop >= 3) return r;
-  }
-}
-
 describe.runIf(pg && bin)("every tenant on a key-scoped Hatch, through a real Traefik", () => {
   const dir = mkdtempSync(join(tmpdir(), "hatch-tenancy-"));
   const logs: string[] = [];
-  const verifier = { calls: 0, holdMs: 0, users: new Map<string, string>(Object.entries(KEYS).map(([u, k]) => [k, u])) };
-  let verify: Server;
+  let verifier: TestVerifier;
   let sim: Awaited<ReturnType<typeof startSimulator>>;
   let db: Awaited<ReturnType<typeof stackDatabase>>;
   let stack: Stack;
@@ -68,19 +48,11 @@ describe.runIf(pg && bin)("every tenant on a key-scoped Hatch, through a real Tr
       headers: { authorization: `Bearer ${key}`, ...(body !== undefined && { "content-type": "application/json" }) },
       body: body === undefined ? undefined : JSON.stringify(body),
     }).then(async (r) => ({ status: r.status, json: (await r.json()) as any }));
-  const front = (user: User, path = "/") => viaFront(traefik.entryPort, `${routes[user].subdomain}.hatch.local`, path);
+  // A 307 back to the same URL (the sleep fallback) counts as answered once followed.
+  const front = (user: User, path = "/") => viaEntry(traefik.entryPort, `${routes[user].subdomain}.hatch.local`, path, { follow307: true, timeoutMs: 20_000 });
 
   beforeAll(async () => {
-    verify = createServer((req, res) => {
-      let body = "";
-      req.on("data", (c) => (body += c));
-      req.on("end", () => {
-        verifier.calls++;
-        const userId = verifier.users.get((JSON.parse(body) as { key: string }).key);
-        setTimeout(() => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(userId ? { valid: true, userId } : { valid: false })), verifier.holdMs);
-      });
-    });
-    await new Promise<void>((r) => verify.listen(0, "127.0.0.1", r));
+    verifier = await startVerifier(Object.entries(KEYS).map(([u, k]) => [k, u]));
     sim = await startSimulator("127.0.160", dir, join(dir, "sim"), {
       // Alice has a second key on Hatch; hatch-proxy's verifier hears of it only later (uncached).
       HATCH_SIM_USERS: [...Object.entries(KEYS).map(([u, k]) => `${k}:${u}`), `${SECOND_ALICE_KEY}:alice`].join(","),
@@ -94,7 +66,7 @@ describe.runIf(pg && bin)("every tenant on a key-scoped Hatch, through a real Tr
       hatchApiUrl: sim.url,
       hatchApiKey: KEYS.ops,
       apiKeys: undefined,
-      authVerifyUrl: `http://127.0.0.1:${(verify.address() as AddressInfo).port}/verify`,
+      authVerifyUrl: verifier.url,
       credentialsKey: randomBytes(32),
       wakeSecret: "tenancy-secret",
       traefikApiUrls: [tports.apiUrl],
@@ -109,7 +81,7 @@ describe.runIf(pg && bin)("every tenant on a key-scoped Hatch, through a real Tr
     await traefik?.stop();
     await stack?.close();
     await sim?.stop();
-    verify?.close();
+    await verifier?.close();
     await db?.drop();
     rmSync(dir, { recursive: true, force: true });
   });

@@ -1,5 +1,6 @@
 /** A real Traefik for tests: flags only (no file), its own log file, stopped by the caller. */
 import { spawn, type ChildProcess } from "node:child_process";
+import { request } from "node:http";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -107,5 +108,31 @@ function readLog(file: string): string {
     return readFileSync(file, "utf8").slice(-2000);
   } catch {
     return "(no log)";
+  }
+}
+
+/**
+ * A request to `host` on a Traefik entry point at 127.0.0.1:`port`, as wildcard DNS would send it.
+ * `follow307`: a 307 (the sleep fallback sends the client back to the same URL) is asked again, up to 3 times.
+ */
+export async function viaEntry(
+  port: number,
+  host: string,
+  path: string,
+  opts: { headers?: Record<string, string>; follow307?: boolean; timeoutMs?: number } = {},
+): Promise<{ status: number; body: string }> {
+  for (let hop = 0; ; hop++) {
+    const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port, path, headers: { host, ...opts.headers }, agent: false, timeout: opts.timeoutMs ?? 15_000 }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on("timeout", () => req.destroy(new Error(`no answer from ${host}${path}`)));
+      req.on("error", reject);
+      req.end();
+    });
+    if (!opts.follow307 || r.status !== 307 || hop >= 3) return r;
   }
 }
