@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { WAKING_PAGE_HEADERS, wakingPage } from "../src/wake/page.ts";
-import { median, WakeHistory } from "../src/wake/wake-history.ts";
+import { median, WakeHistory } from "../src/lifecycle/wake-history.ts";
 
 const hash = (text: string) => `'sha256-${createHash("sha256").update(text).digest("base64")}'`;
 

@@ -2,12 +2,12 @@
 import type { IncomingMessage } from "node:http";
 import { createServer, type Server } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
-import { formatBytes, bodyTooLargeMessage } from "../src/wake/body.ts";
+import { formatBytes, bodyTooLargeMessage } from "../src/lifecycle/held-bytes.ts";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "../src/wake/headers.ts";
 import { escapeHtml, wakingPage } from "../src/wake/page.ts";
-import { ReadyTimeoutError, waitForPort } from "../src/wake/ready.ts";
+import { ReadyTimeoutError, waitForPort } from "../src/lifecycle/ready.ts";
 import { isValidLabel, subdomainOf } from "../src/wake/resolve.ts";
-import { HoldCounter, SingleFlight } from "../src/wake/single-flight.ts";
+import { HoldCounter, SingleFlight } from "../src/lifecycle/single-flight.ts";
 
 function deferred<T>() {
   let resolve!: (v: T) => void;

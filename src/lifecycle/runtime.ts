@@ -6,7 +6,7 @@ import type { Config } from "../config.ts";
 import type { Database } from "../db/client.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
-import { createWakeMetrics, type WakeMetrics } from "../wake/metrics.ts";
+import { createWakeMetrics, type WakeMetrics } from "./metrics.ts";
 import { ActivityRecorder, newHolderId } from "./activity.ts";
 import { SleepWatch } from "./sleep-watch.ts";
 import { VmLifecycle } from "./vm-lifecycle.ts";

@@ -6,7 +6,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Failure } from "../lifecycle/failure.ts";
 import type { Vm } from "../vms/platform.ts";
-import { bodyTooLargeMessage, declaredLength, hasNoBody, HeldBytesFullError, readBody } from "./body.ts";
+import { bodyTooLargeMessage, HeldBytesFullError } from "../lifecycle/held-bytes.ts";
+import { declaredLength, hasNoBody, readBody } from "./body.ts";
 import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
 import { WAKING_PAGE_HEADERS, wakingPage, wantsWakingPage } from "./page.ts";
 import {

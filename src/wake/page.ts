@@ -1,7 +1,7 @@
 /** The small self-reloading page browsers get while their VM wakes. */
 import { createHash } from "node:crypto";
 import type { IncomingMessage } from "node:http";
-import { median } from "./wake-history.ts";
+import { median } from "../lifecycle/wake-history.ts";
 
 /** True for a top-level browser navigation: a GET that accepts HTML and is not a sub-resource fetch. */
 export function wantsWakingPage(req: IncomingMessage): boolean {

@@ -8,7 +8,7 @@ import type { VmLifecycle } from "../lifecycle/vm-lifecycle.ts";
 import type { Logger } from "../log.ts";
 import type { Vm } from "../vms/platform.ts";
 import type { ForwardResult, UpgradeResult } from "./forward.ts";
-import type { WakeMetrics } from "./metrics.ts";
+import type { WakeMetrics } from "../lifecycle/metrics.ts";
 
 /** A request whose Host named a route, with the VM as last known (refreshed for a fallback). */
 export interface Routed {

@@ -8,7 +8,7 @@ import { MigrationGate } from "../db/migrations.ts";
 import { getRouteBySubdomain } from "../db/routes.repo.ts";
 import type { RouteRow } from "../db/schema.ts";
 import type { Logger } from "../log.ts";
-import { SingleFlight } from "./single-flight.ts";
+import { SingleFlight } from "../lifecycle/single-flight.ts";
 
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
