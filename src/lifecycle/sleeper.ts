@@ -27,7 +27,7 @@ import type { TraefikFronts } from "../traefik/fronts.ts";
 import { PlatformUnavailableError, SleepError, type SleepAction, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import type { ActivityRecorder } from "./activity.ts";
 import { STALE_MS } from "./runtime.ts";
-import { vmLockName } from "./vm-lifecycle.ts";
+import { vmLockName } from "./wake-flight.ts";
 
 export type SleepResult =
   | { outcome: "done"; vm: Vm; drainMs: number }

@@ -11,22 +11,20 @@
  */
 import { formatDuration, type Config } from "../config.ts";
 import { LockTimeoutError, type Database } from "../db/client.ts";
-import { databaseUnavailable } from "../db/errors.ts";
 import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
 import type { Logger } from "../log.ts";
 import { PlatformUnavailableError, SLEEPING_STATES, VmAccessError, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError, HeldBytes } from "./held-bytes.ts";
-import type { WakeMetrics, WakeOutcome } from "./metrics.ts";
-import { ReadyTimeoutError, waitForPort } from "./ready.ts";
-import { HoldCounter, SingleFlight, type Flight } from "./single-flight.ts";
+import type { WakeMetrics } from "./metrics.ts";
+import { ReadyTimeoutError } from "./ready.ts";
+import { HoldCounter, SingleFlight } from "./single-flight.ts";
 import { WakeHistory } from "./wake-history.ts";
 import type { ActivityRecorder } from "./activity.ts";
 import { FailureError, SHUTTING_DOWN, ShuttingDownError, WakeTimeoutError, type Failure } from "./failure.ts";
 import type { SleepWatch } from "./sleep-watch.ts";
+import { WakeFlights, type Woken } from "./wake-flight.ts";
 
-/** The lock a wake and a sleep of one VM share (sleeper.ts takes it around the snapshot). */
-export const vmLockName = (vmId: string) => `wake:${vmId}`;
 
 export interface LifecycleDeps {
   config: Config;
@@ -42,15 +40,6 @@ export interface LifecycleDeps {
 /** What to do with a request for a routed VM. */
 export type Admission = { kind: "forward"; vm: Vm } | { kind: "hold" } | { kind: "fail"; failure: Failure };
 
-/** What a wake flight hands its waiters. */
-export interface Woken {
-  vm: Vm;
-  /** The port the flight probed (other ports of the VM are probed by their own requests). */
-  port: number;
-  /** When the flight gives up (Date.now() scale); late joiners share it. */
-  deadline: number;
-}
-
 export type WaitOutcome =
   | { kind: "ready"; vm: Vm; body: Buffer | undefined; deadline: number }
   | { kind: "failure"; failure: Failure }
@@ -60,14 +49,11 @@ export type WaitOutcome =
 
 export class VmLifecycle {
   private readonly holds: HoldCounter;
-  private readonly wakes = new SingleFlight<Woken>();
-  private readonly probes = new SingleFlight<number>();
   private readonly refreshes = new SingleFlight<Vm | undefined>();
   private readonly closers = new Set<() => void>();
   private readonly closing = new AbortController();
   private readonly timeoutText: string;
-  /** Wakes under way and recent wake durations, for the waking page. */
-  private readonly history = new WakeHistory();
+  private readonly flights: WakeFlights;
   private closed = false;
 
   /** Request bodies held in memory while their VMs wake, under one ceiling per process. */
@@ -77,6 +63,24 @@ export class VmLifecycle {
     this.holds = new HoldCounter(deps.config.wakeMaxWaiters, (n) => deps.metrics.waiters(n));
     this.heldBodies = new HeldBytes(deps.config.wakeMaxBuffered, deps.metrics.registry);
     this.timeoutText = `vm did not become ready within ${formatDuration(deps.config.wakeTimeoutMs)} (HATCH_PROXY_WAKE_TIMEOUT)`;
+    const owner = this;
+    this.flights = new WakeFlights(
+      deps,
+      {
+        get closed() {
+          return owner.closed;
+        },
+        closers: this.closers,
+        signal: this.closing.signal,
+        timeoutText: this.timeoutText,
+      },
+      (err, vmId) => this.wakeFailure(err, vmId),
+    );
+  }
+
+  /** Wakes under way and recent wake durations, for the waking page. */
+  private get history(): WakeHistory {
+    return this.flights.history;
   }
 
   get isClosed(): boolean {
@@ -211,95 +215,9 @@ export class VmLifecycle {
     };
   }
 
-  /** The VM of a finished flight, with `port` answering too (probed once per address for other ports). */
-  async ready(vmId: string, port: number, subdomain: string): Promise<Woken> {
-    const woken = await this.wakes.run(vmId, (flight) => this.runWake(vmId, port, subdomain, flight));
-    if (woken.port === port) return woken;
-    const key = `${woken.vm.guest_ip}:${port}`;
-    try {
-      await this.probes.run(key, () => waitForPort(woken.vm.guest_ip, port, { deadline: woken.deadline, signal: this.closing.signal }));
-    } catch {
-      throw new FailureError({ status: 504, error: this.timeoutText });
-    }
-    return { ...woken, port };
-  }
-
-  // ---- the wake flight (one per VM, shared by every waiter) -------------------------------------
-
-  private async runWake(vmId: string, port: number, subdomain: string, flight: Flight): Promise<Woken> {
-    const { config, database, directory, log, metrics } = this.deps;
-    const started = performance.now();
-    const deadline = Date.now() + config.wakeTimeoutMs;
-    const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(new WakeTimeoutError()), config.wakeTimeoutMs);
-    const onClose = () => ac.abort(new ShuttingDownError());
-    this.closers.add(onClose);
-    let outcome: WakeOutcome = "failed";
-    let failure: Failure | undefined;
-    let woke = false;
-    this.history.began(vmId);
-    try {
-      if (this.closed) throw new ShuttingDownError();
-      // A sleep in progress finishes first (its snapshot holds the same lock); then this wakes it.
-      await this.deps.sleeps.settled(vmId, ac.signal);
-      let ran = false;
-      const wakeIt = async () => {
-        ran = true;
-        if (ac.signal.aborted) throw ac.signal.reason;
-        // Re-read inside the lock: another replica may have woken it while we waited.
-        const live = await directory.refreshOne(vmId);
-        if (!live) throw new FailureError({ status: 502, error: "vm not found" });
-        if (live.state === "running" || live.state === "starting") return live;
-        if (!SLEEPING_STATES.includes(live.state)) throw new FailureError({ status: 503, error: `vm is in state "${live.state}", not proxying` });
-        woke = true;
-        return await this.wakeOnPlatform(vmId, deadline, ac.signal);
-      };
-      const vm = await abortable(
-        database.withLock(vmLockName(vmId), Math.max(1, deadline - Date.now()), wakeIt).catch((err: unknown) => {
-          const down = !ran && databaseUnavailable(err);
-          if (!down) throw err;
-          // Waking must not depend on the database: this process's single flight still makes one
-          // wake here, and a replica waking it too meets the platform's "already running" (handled).
-          log.warn("waking without the cross-replica lock: database unavailable", { vm: vmId, cause: down.cause });
-          return wakeIt();
-        }),
-        ac.signal,
-      );
-      await waitForPort(vm.guest_ip, port, { deadline, signal: ac.signal });
-      let ready = vm;
-      if (vm.state === "running") directory.record(vm);
-      else ready = (await directory.refreshOne(vmId).catch(() => undefined)) ?? vm;
-      // Woken is in use: the idle clock starts again now, even before the first answer.
-      this.deps.activity.touch(vmId);
-      outcome = "ok";
-      return { vm: ready, port, deadline };
-    } catch (err) {
-      failure = this.wakeFailure(err, vmId);
-      outcome = failure.status === 504 ? "timeout" : "failed";
-      throw new FailureError(failure);
-    } finally {
-      clearTimeout(timer);
-      this.closers.delete(onClose);
-      const ms = performance.now() - started;
-      this.history.ended(vmId, outcome === "ok", woke && outcome === "ok" ? ms : undefined);
-      metrics.wake(outcome, ms / 1000);
-      const fields = { vm: vmId, subdomain, duration_ms: Math.round(ms), waiters: flight.joined, outcome, woke };
-      if (failure) log.warn("vm wake", { ...fields, error: failure.error, detail: failure.detail });
-      else log.info("vm wake", fields);
-    }
-  }
-
-  private async wakeOnPlatform(vmId: string, deadline: number, signal: AbortSignal): Promise<Vm> {
-    try {
-      return await abortable(this.deps.platform.wake(vmId, { timeoutMs: Math.max(1, deadline - Date.now()), signal }), signal);
-    } catch (err) {
-      // Someone else (another replica, the API) restored it first: fine if it is coming up.
-      if (err instanceof WakeError && err.reason === "conflict") {
-        const again = await this.deps.directory.refreshOne(vmId);
-        if (again && (again.state === "running" || again.state === "starting")) return again;
-      }
-      throw err;
-    }
+  /** The VM of a finished flight, with `port` answering too (see WakeFlights.ready). */
+  ready(vmId: string, port: number, subdomain: string): Promise<Woken> {
+    return this.flights.ready(vmId, port, subdomain);
   }
 
   /** No key may act on the VM: retrying does not help until its owner calls, so no Retry-After. */
@@ -339,23 +257,4 @@ export class VmLifecycle {
     this.closing.abort(new ShuttingDownError());
     for (const c of [...this.closers]) c();
   }
-}
-
-/** Rejects with the signal's reason when it aborts first; the underlying work is left to finish. */
-export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
 }
