@@ -9,22 +9,20 @@
  * them wait until it is done and then wake the VM again. The sleep itself runs in sleeper.ts,
  * under the same per-VM lock, so a wake never races a snapshot.
  */
-import { formatDuration, type Config } from "../config.ts";
-import { LockTimeoutError, type Database } from "../db/client.ts";
+import type { Config } from "../config.ts";
+import type { Database } from "../db/client.ts";
 import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
 import type { Logger } from "../log.ts";
-import { PlatformUnavailableError, SLEEPING_STATES, VmAccessError, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
+import { SLEEPING_STATES, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError, HeldBytes } from "./held-bytes.ts";
 import type { WakeMetrics } from "./metrics.ts";
-import { ReadyTimeoutError } from "./ready.ts";
 import { HoldCounter, SingleFlight } from "./single-flight.ts";
-import { WakeHistory } from "./wake-history.ts";
 import type { ActivityRecorder } from "./activity.ts";
-import { FailureError, SHUTTING_DOWN, ShuttingDownError, WakeTimeoutError, type Failure } from "./failure.ts";
+import { FailureError, SHUTTING_DOWN, ShuttingDownError, type Failure } from "./failure.ts";
 import type { SleepWatch } from "./sleep-watch.ts";
 import { WakeFlights, type Woken } from "./wake-flight.ts";
-
+import { LifecycleAnswers } from "./answers.ts";
 
 export interface LifecycleDeps {
   config: Config;
@@ -40,6 +38,18 @@ export interface LifecycleDeps {
 /** What to do with a request for a routed VM. */
 export type Admission = { kind: "forward"; vm: Vm } | { kind: "hold" } | { kind: "fail"; failure: Failure };
 
+/** What to do with a request for `route`, from its VM's known state alone (no sleep in progress). */
+export function decide(route: RouteRow, vm: Vm): Admission {
+  if (vm.state === "running") return { kind: "forward", vm };
+  // A VM already starting is waited for like a wake (the flight sees it and does not restart it).
+  if (vm.state === "starting") return { kind: "hold" };
+  if (SLEEPING_STATES.includes(vm.state)) {
+    if (route.autoWake) return { kind: "hold" };
+    return { kind: "fail", failure: { status: 503, error: `vm is ${vm.state} and auto-wake is disabled` } };
+  }
+  return { kind: "fail", failure: { status: 503, error: `vm is in state "${vm.state}", not proxying` } };
+}
+
 export type WaitOutcome =
   | { kind: "ready"; vm: Vm; body: Buffer | undefined; deadline: number }
   | { kind: "failure"; failure: Failure }
@@ -52,7 +62,7 @@ export class VmLifecycle {
   private readonly refreshes = new SingleFlight<Vm | undefined>();
   private readonly closers = new Set<() => void>();
   private readonly closing = new AbortController();
-  private readonly timeoutText: string;
+  private readonly answers: LifecycleAnswers;
   private readonly flights: WakeFlights;
   private closed = false;
 
@@ -62,7 +72,7 @@ export class VmLifecycle {
   constructor(private readonly deps: LifecycleDeps) {
     this.holds = new HoldCounter(deps.config.wakeMaxWaiters, (n) => deps.metrics.waiters(n));
     this.heldBodies = new HeldBytes(deps.config.wakeMaxBuffered, deps.metrics.registry);
-    this.timeoutText = `vm did not become ready within ${formatDuration(deps.config.wakeTimeoutMs)} (HATCH_PROXY_WAKE_TIMEOUT)`;
+    this.answers = new LifecycleAnswers(deps.config, deps.log);
     const owner = this;
     this.flights = new WakeFlights(
       deps,
@@ -72,15 +82,10 @@ export class VmLifecycle {
         },
         closers: this.closers,
         signal: this.closing.signal,
-        timeoutText: this.timeoutText,
+        timeoutText: this.answers.timeoutText,
       },
       (err, vmId) => this.wakeFailure(err, vmId),
     );
-  }
-
-  /** Wakes under way and recent wake durations, for the waking page. */
-  private get history(): WakeHistory {
-    return this.flights.history;
   }
 
   get isClosed(): boolean {
@@ -94,21 +99,32 @@ export class VmLifecycle {
 
   /** The platform is down (a 503 the client may retry), or hatch-proxy holds no key that may act on the VM (a 503 that says why). */
   platformDown(err: unknown, vmId: string): Failure {
-    if (err instanceof VmAccessError) return this.noAccess(err, vmId);
-    this.deps.log.warn("vm platform unavailable", { vm: vmId, err });
-    return { status: 503, error: "vm platform unavailable", headers: { "retry-after": "1" } };
+    return this.answers.platformDown(err, vmId);
   }
 
-  /** Decides from the VM's known state alone (no sleep in progress). */
-  decide(route: RouteRow, vm: Vm): Admission {
-    if (vm.state === "running") return { kind: "forward", vm };
-    // A VM already starting is waited for like a wake (the flight sees it and does not restart it).
-    if (vm.state === "starting") return { kind: "hold" };
-    if (SLEEPING_STATES.includes(vm.state)) {
-      if (route.autoWake) return { kind: "hold" };
-      return { kind: "fail", failure: { status: 503, error: `vm is ${vm.state} and auto-wake is disabled` } };
+  /** The public answer for a failed wake. */
+  wakeFailure(err: unknown, vmId: string): Failure {
+    return this.answers.wakeFailure(err, vmId);
+  }
+
+  /**
+   * A VM known as running refused the connection (or reset a reused one): asks the platform what it
+   * really is. `app`: it runs and no sleep is under way, so the app itself refused; `hold`: it is
+   * going to sleep or asleep, and the request waits for the wake that follows; `fail`: the answer.
+   */
+  async whenRefused(route: RouteRow): Promise<{ kind: "app" } | { kind: "hold"; vm: Vm } | { kind: "fail"; failure: Failure }> {
+    let live: Vm | undefined;
+    try {
+      live = await this.refresh(route.vmId);
+    } catch (err) {
+      return { kind: "fail", failure: this.platformDown(err, route.vmId) };
     }
-    return { kind: "fail", failure: { status: 503, error: `vm is in state "${vm.state}", not proxying` } };
+    if (!live) return { kind: "fail", failure: { status: 502, error: "vm not found" } };
+    if (live.state === "running" && !this.sleepInProgress(route.vmId)) return { kind: "app" };
+    const next = await this.admit(route, live);
+    if (next.kind === "fail") return next;
+    if (next.kind === "forward") return { kind: "app" };
+    return { kind: "hold", vm: live };
   }
 
   /**
@@ -119,7 +135,7 @@ export class VmLifecycle {
    */
   async admit(route: RouteRow, vm: Vm): Promise<Admission> {
     const sleep = this.deps.sleeps.get(route.vmId);
-    if (!sleep) return this.decide(route, vm);
+    if (!sleep) return decide(route, vm);
     if (sleep.phase === "draining" && (sleep.reason === "idle" || !route.autoWake)) {
       let cancelled = false;
       try {
@@ -143,22 +159,14 @@ export class VmLifecycle {
     return this.deps.metrics;
   }
 
-  /**
-   * True when `vm` came up within `withinMs`: woken by this process, or (woken elsewhere) its
-   * platform `updated_at` is that recent. Tells a direct router's failure caused by a sleep (the
-   * VM was down a moment ago) from an app answering 502 itself.
-   */
-  recentlyUp(vmId: string, vm: Vm, withinMs = 30_000): boolean {
-    const now = Date.now();
-    if (now - (this.history.lastUpAt(vmId) ?? 0) <= withinMs) return true;
-    const updated = typeof vm.updated_at === "string" ? Date.parse(vm.updated_at) : NaN;
-    return Number.isFinite(updated) && Math.abs(now - updated) <= withinMs;
+  /** True when `vm` came up within `withinMs` (see WakeFlights.recentlyUp). */
+  recentlyUp(vmId: string, vm: Vm, withinMs?: number): boolean {
+    return this.flights.recentlyUp(vmId, vm, withinMs);
   }
 
   /** How long the wake of `vmId` under way here has run, and its last wake durations (ms). */
   wakeProgress(vmId: string): { elapsedMs: number | undefined; recentMs: readonly number[] } {
-    const started = this.history.startedAt(vmId);
-    return { elapsedMs: started === undefined ? undefined : Date.now() - started, recentMs: this.history.durations(vmId) };
+    return this.flights.progress(vmId);
   }
 
   /** Counts one open request or connection to `vmId` (activity for as long as it lasts). */
@@ -208,11 +216,7 @@ export class VmLifecycle {
 
   /** A 503 for a VM that has more held requests than HATCH_WAKE_MAX_WAITERS. */
   tooManyWaiters(vmId: string): Failure {
-    return {
-      status: 503,
-      error: `too many requests waiting for vm ${vmId} to wake (HATCH_WAKE_MAX_WAITERS=${this.deps.config.wakeMaxWaiters})`,
-      headers: { "retry-after": "2" },
-    };
+    return this.answers.tooManyWaiters(vmId);
   }
 
   /** The VM of a finished flight, with `port` answering too (see WakeFlights.ready). */
@@ -220,34 +224,9 @@ export class VmLifecycle {
     return this.flights.ready(vmId, port, subdomain);
   }
 
-  /** No key may act on the VM: retrying does not help until its owner calls, so no Retry-After. */
-  private noAccess(err: VmAccessError, vmId: string): Failure {
-    this.deps.log.warn("vm cannot be reached: no key may act on it", { vm: vmId, reason: err.reason });
-    return { status: 503, error: err.message };
-  }
-
-  /** The public answer for a failed wake. */
-  wakeFailure(err: unknown, vmId: string): Failure {
-    if (err instanceof FailureError) return err.failure;
-    if (err instanceof VmAccessError) return this.noAccess(err, vmId);
-    if (err instanceof ShuttingDownError) return SHUTTING_DOWN;
-    if (err instanceof WakeTimeoutError || err instanceof ReadyTimeoutError || err instanceof LockTimeoutError) {
-      return { status: 504, error: this.timeoutText };
-    }
-    if (err instanceof WakeError) {
-      if (err.reason === "timeout") return { status: 504, error: this.timeoutText };
-      if (err.reason === "not_found") return { status: 502, error: "vm not found" };
-      if (err.reason === "unsupported") return { status: 503, error: err.message };
-      return { status: 503, error: "failed to wake vm", detail: err.message };
-    }
-    if (err instanceof PlatformUnavailableError) return { status: 503, error: "failed to wake vm", detail: "vm platform unavailable" };
-    this.deps.log.error("wake failed unexpectedly", { vm: vmId, err });
-    return { status: 503, error: "failed to wake vm", detail: "internal error" };
-  }
-
   /** The wake timeout's text (also used when a replay runs out of time). */
   get timeoutMessage(): string {
-    return this.timeoutText;
+    return this.answers.timeoutText;
   }
 
   /** Answers every held request (503) and stops running wakes. */

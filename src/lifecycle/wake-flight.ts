@@ -63,6 +63,24 @@ export class WakeFlights {
     private readonly failureOf: (err: unknown, vmId: string) => Failure,
   ) {}
 
+  /**
+   * True when `vm` came up within `withinMs`: woken by this process, or (woken elsewhere) its
+   * platform `updated_at` is that recent. Tells a direct router's failure caused by a sleep (the
+   * VM was down a moment ago) from an app answering 502 itself.
+   */
+  recentlyUp(vmId: string, vm: Vm, withinMs = 30_000): boolean {
+    const now = Date.now();
+    if (now - (this.history.lastUpAt(vmId) ?? 0) <= withinMs) return true;
+    const updated = typeof vm.updated_at === "string" ? Date.parse(vm.updated_at) : NaN;
+    return Number.isFinite(updated) && Math.abs(now - updated) <= withinMs;
+  }
+
+  /** How long the wake of `vmId` under way here has run, and its last wake durations (ms). */
+  progress(vmId: string): { elapsedMs: number | undefined; recentMs: readonly number[] } {
+    const started = this.history.startedAt(vmId);
+    return { elapsedMs: started === undefined ? undefined : Date.now() - started, recentMs: this.history.durations(vmId) };
+  }
+
   /** The VM of a finished flight, with `port` answering too (probed once per address for other ports). */
   async ready(vmId: string, port: number, subdomain: string): Promise<Woken> {
     const woken = await this.wakes.run(vmId, (flight) => this.runWake(vmId, port, subdomain, flight));
