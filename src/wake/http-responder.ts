@@ -1,38 +1,26 @@
 /**
- * Plain HTTP requests: resolve the route, ask the lifecycle, then forward to the running VM or
- * hold until it is woken and replay (buffered body). Everything about the VM's state lives in
- * the lifecycle; this file only moves bytes and writes answers.
+ * Plain HTTP requests, once resolved: ask the lifecycle, then forward to the running VM or hold
+ * until it is woken and replay (buffered body). Everything about the VM's state lives in the
+ * lifecycle; this file only moves bytes and writes answers.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Failure } from "../lifecycle/failure.ts";
 import type { Vm } from "../vms/platform.ts";
 import { bodyTooLargeMessage, HeldBytesFullError } from "../lifecycle/held-bytes.ts";
+import { WakeAnswers } from "./answers.ts";
 import { declaredLength, hasNoBody, readBody } from "./body.ts";
 import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
-import { WAKING_PAGE_HEADERS, wakingPage, wantsWakingPage } from "./page.ts";
-import {
-  CLIENT_GONE,
-  coldHeaders,
-  coldList,
-  failureBody,
-  forwardFailure,
-  isIdempotent,
-  REPLAY_RETRY_MS,
-  type ProxyContext,
-  type Routed,
-} from "./proxy-context.ts";
+import { wantsWakingPage } from "./page.ts";
+import { CLIENT_GONE, coldHeaders, coldList, forwardFailure, isIdempotent, REPLAY_RETRY_MS, type ResponderDeps, type Resolved, type Routed } from "./proxy-context.ts";
 
-/** A refused upload is read and discarded until the client is quiet this long... */
-const DISCARD_IDLE_MS = 2000;
-/** ...or for this long in all. */
-const DISCARD_MAX_MS = 30_000;
-
-/** The request handler for plain HTTP; never rejects (errors become answers). */
-export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+/** The handler for a resolved plain HTTP request; never rejects (errors become answers). */
+export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, res: ServerResponse, resolved: Resolved) => Promise<void> {
   const { config, lifecycle, metrics } = ctx;
+  const answers = new WakeAnswers(metrics);
+  const sendFailure = answers.failure.bind(answers);
+  const sendTooLarge = answers.tooLarge.bind(answers);
+  const sendRetry = answers.retry.bind(answers);
 
-  async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const r = await ctx.resolve(req);
+  async function serve(req: IncomingMessage, res: ServerResponse, r: Resolved): Promise<void> {
     if (r.kind === "fail") return sendFailure(res, r.failure);
     if (r.kind === "api") return forwardToApi(req, res, r.target);
     const a = await lifecycle.admit(r.route, r.vm);
@@ -85,20 +73,11 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     }
     if (r.reason !== "refused" && r.reason !== "reset") return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
-    // The cached state said running but nothing listens: ask the platform what the VM really is.
-    let live: Vm | undefined;
-    try {
-      live = await lifecycle.refresh(d.route.vmId);
-    } catch (err) {
-      return sendFailure(res, lifecycle.platformDown(err, d.route.vmId));
-    }
-    if (!live) return sendFailure(res, { status: 502, error: "vm not found" });
-    // Running and no sleep under way: the app itself refused. Otherwise the VM is on its way down.
-    if (live.state === "running" && !lifecycle.sleepInProgress(d.route.vmId)) return sendForwardFailure(res, r, port);
-    const next = await lifecycle.admit(d.route, live);
+    // The cached state said running but nothing listens: the lifecycle asks what the VM really is.
+    const next = await lifecycle.whenRefused(d.route);
     if (next.kind === "fail") return sendFailure(res, next.failure);
-    if (next.kind === "forward") return sendForwardFailure(res, r, port);
-    return wakeAndForward(req, res, { ...d, vm: live }, started);
+    if (next.kind === "app") return sendForwardFailure(res, r, port);
+    return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
 
   async function wakeAndForward(req: IncomingMessage, res: ServerResponse, d: Routed, waitStart: number): Promise<void> {
@@ -141,8 +120,11 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
       case "gone":
         metrics.request(CLIENT_GONE);
         return;
-      case "page":
-        return sendPage(res, d, pageAfter);
+      case "page": {
+        // At least as long as this request waited, and the VM's usual wake time.
+        const { elapsedMs, recentMs } = lifecycle.wakeProgress(d.route.vmId);
+        return answers.page(res, d.subdomain, { elapsedMs: elapsedMs ?? pageAfter, recentMs });
+      }
       case "failure":
         if (o.failure.status === 413) return sendTooLarge(req, res, o.failure);
         // Refused while the client is still uploading (the bodies' ceiling): answered, then the rest discarded.
@@ -192,89 +174,9 @@ export function createHttpResponder(ctx: ProxyContext): (req: IncomingMessage, r
     sendFailure(res, { ...forwardFailure(ctx, r, port), headers });
   }
 
-  function sendFailure(res: ServerResponse, f: Failure): void {
-    metrics.request(f.status);
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const text = failureBody(f);
-    res.writeHead(f.status, { ...f.headers, "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-    res.end(text);
-  }
-
-  /**
-   * A refusal (413, or 503 when the process holds too many bodies) while the client may still be
-   * uploading: the answer goes out at once, the rest of the body is read and discarded, and only
-   * then is the connection closed, so the client's kernel does not reset it and lose the answer.
-   * The discard ends when the client goes quiet for DISCARD_IDLE_MS (a slow uploader that keeps
-   * sending is not cut) or after DISCARD_MAX_MS in all (one that drips forever is).
-   */
-  function sendTooLarge(req: IncomingMessage, res: ServerResponse, f: Failure): void {
-    metrics.request(f.status);
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const text = failureBody(f);
-    res.writeHead(f.status, { ...f.headers, "content-type": "application/json", "content-length": Buffer.byteLength(text), connection: "close" });
-    res.write(text);
-    const end = () => {
-      clearTimeout(idle);
-      clearTimeout(cap);
-      req.off("data", onData);
-      res.end();
-    };
-    const idle = setTimeout(end, DISCARD_IDLE_MS).unref();
-    const cap = setTimeout(end, DISCARD_MAX_MS).unref();
-    const onData = () => idle.refresh();
-    if (req.readableEnded) return end();
-    req.on("data", onData);
-    req.once("end", end);
-    req.once("close", end);
-    req.resume();
-  }
-
-  /**
-   * The answer to Traefik's sleep fallback once the VM is awake: back to the same URL. Traefik
-   * sends it as a 307 (FALLBACK_REWRITE), so the client repeats the GET, which now reaches the VM
-   * on its direct router and gets the app's own answer. The sidecar does not run the GET itself:
-   * the app sees it once.
-   */
-  function sendRetry(res: ServerResponse, path: string, waitStart?: number): void {
-    metrics.request(307);
-    const text = JSON.stringify({ status: "awake", retry: path });
-    res.writeHead(307, {
-      ...(waitStart === undefined ? {} : coldHeaders(waitStart)),
-      location: path,
-      "cache-control": "no-store",
-      "content-type": "application/json",
-      "content-length": Buffer.byteLength(text),
-    });
-    res.end(text);
-  }
-
-  /** The waking page, with how long this VM's wake has run (at least as long as this request waited) and its usual wake time. */
-  function sendPage(res: ServerResponse, d: Routed, waitedMs: number): void {
-    metrics.request(503);
-    const { elapsedMs, recentMs } = lifecycle.wakeProgress(d.route.vmId);
-    const html = wakingPage(d.subdomain, { elapsedMs: elapsedMs ?? waitedMs, recentMs });
-    res.writeHead(503, { ...WAKING_PAGE_HEADERS, "content-length": Buffer.byteLength(html) });
-    res.end(html);
-  }
-
-  return (req, res) =>
-    serve(req, res).catch((err: unknown) => {
+  return (req, res, resolved) =>
+    serve(req, res, resolved).catch((err: unknown) => {
       ctx.log.error("proxy error", { err, url: req.url });
       sendFailure(res, { status: 502, error: "proxy error" });
     });
-}
-
-/** A failure answer on a raw socket (upgrade requests have no ServerResponse). */
-export function rawFailureText(f: Failure, statusText: string, extra?: string[]): string {
-  const text = failureBody(f);
-  const lines = [`HTTP/1.1 ${f.status} ${statusText}`, "Content-Type: application/json", `Content-Length: ${Buffer.byteLength(text)}`, "Connection: close"];
-  for (const [k, v] of Object.entries(f.headers ?? {})) lines.push(`${k}: ${v}`);
-  if (extra) for (let i = 0; i < extra.length; i += 2) lines.push(`${extra[i]}: ${extra[i + 1]}`);
-  return lines.join("\r\n") + "\r\n\r\n" + text;
 }

@@ -1,4 +1,4 @@
-/** What the HTTP and upgrade responders share: settings, the lifecycle, and answer helpers. */
+/** What the HTTP and upgrade responders are given: settings, the lifecycle, the pool, and answer helpers. */
 import type { Agent, IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { formatDuration, type Config } from "../config.ts";
@@ -22,7 +22,7 @@ export interface Routed {
 /** `api`: Host `api.<base>` on the embedded front, which serves Hatch's API there as Traefik does. */
 export type Resolved = { kind: "fail"; failure: Failure } | { kind: "api"; target: { host: string; port: number } } | ({ kind: "routed" } & Routed);
 
-export interface ProxyContext {
+export interface ResponderDeps {
   config: Config;
   log: Logger;
   lifecycle: VmLifecycle;
@@ -32,7 +32,6 @@ export interface ProxyContext {
   connectTimeoutMs: number;
   /** The raw header list to send to the VM. */
   headersFor(req: IncomingMessage, upgrade?: boolean): string[];
-  resolve(req: IncomingMessage): Promise<Resolved>;
   /** Upgraded connections, cut when the proxy closes. */
   tunnels: Set<Duplex>;
   readonly closed: boolean;
@@ -49,7 +48,7 @@ export function isIdempotent(method: string | undefined): boolean {
 }
 
 /** The public answer for a forward that failed before anything was relayed. */
-export function forwardFailure(ctx: ProxyContext, r: Exclude<ForwardResult | UpgradeResult, { ok: true }>, port: number): Failure {
+export function forwardFailure(ctx: ResponderDeps, r: Exclude<ForwardResult | UpgradeResult, { ok: true }>, port: number): Failure {
   switch (r.reason) {
     case "refused":
       return { status: 502, error: `vm port ${port} refused the connection` };

@@ -1,30 +1,24 @@
 /**
- * Upgrades (WebSockets): resolve, ask the lifecycle, wake if needed, then splice the two sockets.
+ * Upgrades (WebSockets), once resolved: ask the lifecycle, wake if needed, then splice the two sockets.
  * A tunnel counts as an open connection to its VM for as long as it lives, so a quiet WebSocket
  * keeps its VM awake.
  */
-import { STATUS_CODES, type IncomingMessage } from "node:http";
+import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-import type { Failure } from "../lifecycle/failure.ts";
 import { SHUTTING_DOWN } from "../lifecycle/failure.ts";
 import type { Admission } from "../lifecycle/vm-lifecycle.ts";
 import type { Vm } from "../vms/platform.ts";
+import { WakeAnswers } from "./answers.ts";
 import { forwardUpgrade } from "./forward.ts";
-import { rawFailureText } from "./http-responder.ts";
-import { CLIENT_GONE, coldList, forwardFailure, REPLAY_RETRY_MS, type ProxyContext } from "./proxy-context.ts";
+import { CLIENT_GONE, coldList, forwardFailure, REPLAY_RETRY_MS, type ResponderDeps, type Resolved } from "./proxy-context.ts";
 
-/** The upgrade handler; never rejects (errors become raw answers on the socket). */
-export function createUpgradeResponder(ctx: ProxyContext): (req: IncomingMessage, socket: Duplex, head: Buffer) => Promise<void> {
+/** The handler for a resolved upgrade request; never rejects (errors become raw answers on the socket). */
+export function createUpgradeResponder(ctx: ResponderDeps): (req: IncomingMessage, socket: Duplex, head: Buffer, resolved: Resolved) => Promise<void> {
   const { config, lifecycle, metrics } = ctx;
+  const answers = new WakeAnswers(metrics);
+  const rawFailure = answers.raw.bind(answers);
 
-  function rawFailure(socket: Duplex, f: Failure, extra?: string[]): void {
-    metrics.request(f.status);
-    if (socket.destroyed) return;
-    socket.end(rawFailureText(f, STATUS_CODES[f.status] ?? "", extra));
-  }
-
-  async function serve(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const r = await ctx.resolve(req);
+  async function serve(req: IncomingMessage, socket: Duplex, head: Buffer, r: Resolved): Promise<void> {
     if (r.kind === "fail") return rawFailure(socket, r.failure);
     if (r.kind === "api") return rawFailure(socket, { status: 404, error: "not found" });
     const { route } = r;
@@ -88,22 +82,17 @@ export function createUpgradeResponder(ctx: ProxyContext): (req: IncomingMessage
         await new Promise((res) => setTimeout(res, REPLAY_RETRY_MS));
         continue;
       }
-      let live: Vm | undefined;
-      try {
-        live = await lifecycle.refresh(route.vmId);
-      } catch (err) {
-        return rawFailure(socket, lifecycle.platformDown(err, route.vmId));
-      }
-      if (!live) return rawFailure(socket, { status: 502, error: "vm not found" });
-      if ((live.state === "running" && !lifecycle.sleepInProgress(route.vmId)) || attempt > 0) return rawFailure(socket, forwardFailure(ctx, u, port));
-      decision = await lifecycle.admit(route, live);
-      if (decision.kind === "forward") return rawFailure(socket, forwardFailure(ctx, u, port));
+      if (attempt > 0) return rawFailure(socket, forwardFailure(ctx, u, port));
+      // The cached state said running but nothing listens: the lifecycle asks what the VM really is.
+      const next = await lifecycle.whenRefused(route);
+      if (next.kind === "app") return rawFailure(socket, forwardFailure(ctx, u, port));
+      decision = next.kind === "fail" ? next : { kind: "hold" };
       waitStart = performance.now();
     }
   }
 
-  return (req, socket, head) =>
-    serve(req, socket, head).catch((err: unknown) => {
+  return (req, socket, head, resolved) =>
+    serve(req, socket, head, resolved).catch((err: unknown) => {
       ctx.log.error("proxy upgrade error", { err, url: req.url });
       rawFailure(socket, { status: 502, error: "proxy error" });
     });
