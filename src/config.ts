@@ -1,4 +1,5 @@
 import * as v from "valibot";
+import { SUBDOMAIN_LABEL } from "./subdomain.ts";
 
 /** A listen address: `:8080` (all interfaces) or `host:8080`. Port 0 asks the OS for a free port. */
 export interface ListenAddr {
@@ -55,7 +56,6 @@ export function parseBytes(text: string): number | undefined {
   return Number(m[1]) * mult[m[2] ?? "B"]!;
 }
 
-const SUBDOMAIN_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 function custom<T>(parse: (s: string) => T | undefined, form: string) {
   return v.pipe(

@@ -1,8 +1,9 @@
 import * as v from "valibot";
 import type { RouteRow } from "../db/schema.ts";
+import { SUBDOMAIN_LABEL as SUBDOMAIN_RE } from "../subdomain.ts";
 
-/** Hatch's subdomain rule. */
-export const SUBDOMAIN_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** Hatch's subdomain rule (defined in src/subdomain.ts). */
+export { SUBDOMAIN_RE };
 
 /** Subdomains Hatch refuses (they collide with infrastructure names). */
 export const RESERVED_SUBDOMAINS: ReadonlySet<string> = new Set([

@@ -9,8 +9,8 @@ import { getRouteBySubdomain } from "../db/routes.repo.ts";
 import type { RouteRow } from "../db/schema.ts";
 import type { Logger } from "../log.ts";
 import { SingleFlight } from "../lifecycle/single-flight.ts";
+import { SUBDOMAIN_LABEL } from "../subdomain.ts";
 
-const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export type HostMatch = { ok: true; subdomain: string } | { ok: false; message: string };
 
@@ -70,7 +70,7 @@ export function requestHost(req: IncomingMessage): { ok: true; host: string | un
 
 /** True when `sub` could be a stored subdomain (saves a query for garbage). */
 export function isValidLabel(sub: string): boolean {
-  return LABEL.test(sub);
+  return SUBDOMAIN_LABEL.test(sub);
 }
 
 export interface RouteCache {
