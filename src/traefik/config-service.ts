@@ -13,7 +13,7 @@ import { MigrationGate } from "../db/migrations.ts";
 import { listAllRoutes, listRoutesByVm } from "../db/routes.repo.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
-import { servesPort } from "../vms/simulator/guest-ports.ts";
+import { servesPort } from "../vms/guest-ports.ts";
 import type { SleepWatch } from "../lifecycle/sleep-watch.ts";
 import { createConfigAssembler } from "./config-assembler.ts";
 import { routeObjectName, routeRouterNames, type RouteLike, type TraefikSettings } from "./config-builder.ts";

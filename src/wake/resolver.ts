@@ -13,7 +13,7 @@ import type { VmLifecycle } from "../lifecycle/vm-lifecycle.ts";
 import { FALLBACK_PATH } from "../traefik/config-builder.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
-import { servesPort } from "../vms/simulator/guest-ports.ts";
+import { servesPort } from "../vms/guest-ports.ts";
 import { WAKE_SECRET_HEADER } from "./headers.ts";
 import type { Resolved } from "./proxy-context.ts";
 import { isValidLabel, requestHost, subdomainOf, type RouteCache } from "./resolve.ts";

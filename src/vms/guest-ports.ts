@@ -4,7 +4,7 @@
  * every 127.x address): a route must never be dialed there. A real VM's guest network is its own
  * boundary, so this applies only to VMs that list their ports, which the simulator's do.
  */
-import type { Vm } from "../platform.ts";
+import type { Vm } from "./platform.ts";
 
 /** False when `vm` is a simulated VM (it lists `guest_ports`) that does not serve `port`. */
 export function servesPort(vm: Vm, port: number): boolean {
