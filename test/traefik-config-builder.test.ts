@@ -12,7 +12,7 @@ import {
   type TraefikSettings,
 } from "../src/traefik/config-builder.ts";
 import { createConfigAssembler } from "../src/traefik/config-assembler.ts";
-import { makeSnapshot } from "../src/traefik/config-service.ts";
+import { makeSnapshot } from "../src/traefik/config-snapshot.ts";
 import type { Vm, VmState } from "../src/vms/platform.ts";
 
 // shared/ sits beside the repository (also in CI's clone); TRAEFIK_SCHEMA overrides.

@@ -9,7 +9,7 @@ import { listAllRoutes } from "../db/routes.repo.ts";
 import { createHatchClient } from "../vms/hatch-client.ts";
 import type { VmPlatform } from "../vms/platform.ts";
 import { buildDynamicConfig, stableStringify } from "./config-builder.ts";
-import { makeSnapshot, traefikSettings } from "./config-service.ts";
+import { makeSnapshot, traefikSettings } from "./config-snapshot.ts";
 
 export interface PrintDeps {
   database?: Database;
