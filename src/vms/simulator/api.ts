@@ -1,6 +1,7 @@
 /** The simulator's Hatch-compatible REST API (plus a test hook to inject restore failures). */
 import { Hono, type Context } from "hono";
-import { SimulatorError, type CreateVmInput, type SimulatorCore } from "./core.ts";
+import type { SimulatorCore } from "./core.ts";
+import { SimulatorError, type CreateVmInput } from "./types.ts";
 
 const CREATE_FIELDS = new Set(["guest_ports", "restore_ms"]);
 

@@ -9,10 +9,12 @@ import { listen } from "../../listen.ts";
 import { silentLogger, type Logger } from "../../log.ts";
 import type { VmPlatform } from "../platform.ts";
 import { createSimulatorApi } from "./api.ts";
-import { createSimulatorCore, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
+import { createSimulatorCore } from "./core.ts";
+import type { CreateVmInput, SimMetrics, SimSnapshot, SimVm } from "./types.ts";
 import { createSimulatorPlatform } from "./platform.ts";
 
-export { callerOfKey, MAX_SNAPSHOTS, ownerOfKey, SimulatorError, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./core.ts";
+export { callerOfKey, ownerOfKey, SimulatorError, type CreateVmInput, type SimMetrics, type SimSnapshot, type SimVm } from "./types.ts";
+export { MAX_SNAPSHOTS } from "./vm-entry.ts";
 export { GuestTraffic, MAX_COUNTED_RIDS, MAX_RID_LENGTH } from "./guest-server.ts";
 
 export interface SimulatorOptions {

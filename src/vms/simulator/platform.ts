@@ -1,6 +1,7 @@
 /** The simulator as an in-process VmPlatform (no HTTP hop), with the same scoping as its REST API. */
 import { CredentialRejectedError, SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
-import { SimulatorError, type SimulatorCore, type SimVm } from "./core.ts";
+import type { SimulatorCore } from "./core.ts";
+import { SimulatorError, type SimVm } from "./types.ts";
 
 /**
  * A VmPlatform of kind "simulator" over `core`; `userKey` scopes like a request's API key, and
