@@ -10,7 +10,7 @@ import { delimiter, join } from "node:path";
 import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
 import { platformProxy } from "./api/platform-proxy.ts";
-import type { ReadinessCheck } from "./api/health.ts";
+import type { ReadinessCheck } from "./api/deps.ts";
 import { createStaticKeyAuth, createVerifyAuth, type Authenticator, type VerifyAuthenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
 import { listen, type Listening } from "./listen.ts";

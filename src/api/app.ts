@@ -1,55 +1,19 @@
 import { Hono, type Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { Counter, Histogram, Registry } from "prom-client";
-import type { Config } from "../config.ts";
-import type { Database } from "../db/client.ts";
 import { DatabaseNotMigratedError, databaseUnavailable } from "../db/errors.ts";
 import { MigrationGate } from "../db/migrations.ts";
 import { AppError } from "../errors.ts";
 import { randomAlnum } from "../ids.ts";
-import type { Logger } from "../log.ts";
-import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
-import type { Authenticator, Principal } from "./auth.ts";
+import type { Principal } from "./auth.ts";
 import { CLIENT_CLOSED } from "./body.ts";
-import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
+import type { ApiDeps, ApiEnv } from "./deps.ts";
+import { registerHealthEndpoints } from "./health.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
-import { registerSleepEndpoints, type SleepDeps } from "./vm-sleep.ts";
-import type { Tenancy } from "../tenancy/tenancy.ts";
+import { registerSleepEndpoints } from "./vm-sleep.ts";
 
-export interface ApiDeps {
-  config: Config;
-  database: Database;
-  platform: VmPlatform;
-  directory: VmDirectory;
-  auth: Authenticator;
-  /**
-   * Per-user mode on a key-scoped platform: keeps each route owner's key when they call, and says
-   * whether a VM can be reached (absent in tests that need none of it).
-   */
-  tenancy?: Tenancy | undefined;
-  log: Logger;
-  /** Sub-apps mounted beside the route API (e.g. "/traefik" → the config endpoint). */
-  mounts?: Record<string, Hono<any>>;
-  /**
-   * Extra metric registries merged into /metrics (e.g. this process's wake proxy). A function is
-   * asked on every scrape, for proxies started after the API.
-   */
-  registries?: Registry[] | (() => Registry[]);
-  /** Extra readiness checks for /readyz (e.g. "traefik config built"). */
-  readiness?: ReadinessCheck[];
-  /** How long each /readyz check may take (default READINESS_TIMEOUT_MS). */
-  readinessTimeoutMs?: number;
-  /** The sleep protocol: with it, POST /vms/{id}/sleep and GET /vms/{id}/activity are served. */
-  sleep?: SleepDeps | undefined;
-  /**
-   * Relays every other Hatch API call (`/vms`, `/vms/{id}`, its snapshot, restore, metrics…) to the
-   * VM platform, so one base URL serves Hatch's whole API (see platform-proxy.ts).
-   */
-  vmApi?: ((c: Context) => Promise<Response>) | undefined;
-}
-
-export type ApiEnv = { Variables: { principal: Principal; log: Logger; requestId: string } };
+export type { ApiDeps, ApiEnv } from "./deps.ts";
 
 /** Every path the API serves and its methods: unknown methods on these paths get 405 with Allow. */
 const ALLOWED: [RegExp, string[]][] = [

@@ -4,13 +4,8 @@ import { formatDuration } from "../config.ts";
 import { databaseUnavailable } from "../db/errors.ts";
 import { schemaProblem, schemaState } from "../db/migrations.ts";
 import { countRoutes } from "../db/routes.repo.ts";
-import type { ApiDeps, ApiEnv } from "./app.ts";
+import type { ApiDeps, ApiEnv, ReadinessCheck } from "./deps.ts";
 
-/** A named readiness probe: resolves to undefined when fine, or a short reason when not. */
-export interface ReadinessCheck {
-  name: string;
-  check(): Promise<string | undefined>;
-}
 
 /** How long each readiness check may take before /readyz calls it failed (checks run in parallel). */
 export const READINESS_TIMEOUT_MS = 2000;

@@ -5,7 +5,7 @@ import { newRouteId, randomAlnum } from "../ids.ts";
 import { readJsonBody } from "./body.ts";
 import { ID_RE, vmForPrincipal } from "./vm-access.ts";
 import { checkCreateRoute, RESERVED_SUBDOMAINS, TEXT, toRouteJson } from "./routes.schemas.ts";
-import type { ApiEnv, ApiDeps } from "./app.ts";
+import type { ApiDeps, ApiEnv } from "./deps.ts";
 
 /** Registers Hatch's Routes API: create, list per VM, get and delete one. */
 export function registerRouteEndpoints(app: Hono<ApiEnv>, deps: ApiDeps): void {

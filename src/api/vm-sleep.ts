@@ -9,19 +9,11 @@ import { getSleep } from "../db/sleeps.repo.ts";
 import { queryRows } from "../db/client.ts";
 import { sql } from "drizzle-orm";
 import { AppError } from "../errors.ts";
-import type { ActivityRecorder } from "../lifecycle/activity.ts";
 import { STALE_MS } from "../lifecycle/runtime.ts";
-import type { Sleeper } from "../lifecycle/sleeper.ts";
-import type { ApiDeps, ApiEnv } from "./app.ts";
+import type { ApiDeps, ApiEnv, SleepDeps } from "./deps.ts";
 import { readJsonBody } from "./body.ts";
 import { isoSeconds } from "./routes.schemas.ts";
 import { vmForPrincipal } from "./vm-access.ts";
-
-/** What the sleep endpoints need beyond the route API's own dependencies. */
-export interface SleepDeps {
-  sleeper: Sleeper;
-  activity: ActivityRecorder;
-}
 
 export const SleepBody = v.pipe(
   v.object({ action: v.pipe(v.optional(v.picklist(["snapshot", "stop"])), v.description("How to put it to sleep. Default HATCH_IDLE_ACTION.")) }),
