@@ -24,7 +24,7 @@ import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { stringify } from "yaml";
-import { findTraefikBinary } from "../src/services.ts";
+import { findTraefikBinary } from "../src/traefik/binary.ts";
 import { testConfig } from "../src/config.ts";
 import { openDatabase } from "../src/db/client.ts";
 import { insertRoute } from "../src/db/routes.repo.ts";

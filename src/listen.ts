@@ -1,5 +1,6 @@
 import type { Server } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { createAdaptorServer } from "@hono/node-server";
 import type { Duplex } from "node:stream";
 import { addrToUrl, type ListenAddr } from "./config.ts";
 
@@ -55,4 +56,9 @@ export async function listen(server: Server, addr: ListenAddr, opts: { graceMs?:
         else setTimeout(cutAll, graceMs).unref();
       }),
   };
+}
+
+/** Serves a fetch-style handler (Hono) on node:http; resolves once listening. */
+export function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
+  return listen(createAdaptorServer({ fetch }) as Server, addr);
 }

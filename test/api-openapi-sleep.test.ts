@@ -10,7 +10,7 @@ import * as v from "valibot";
 import { ActivitySchema } from "../src/api/vm-sleep.ts";
 import { testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
-import { startStack, type Stack } from "../src/services.ts";
+import { startStack, type Stack } from "../src/stack.ts";
 import { seededDataDir } from "./helpers/pglite-template.ts";
 
 const KEY = "openapi-sleep-key";

@@ -10,7 +10,7 @@ import { runPeopleCommand } from "../src/cli/people.ts";
 import { activityLines, humanDuration, type ActivityJson } from "../src/cli/sleep-command.ts";
 import { testConfig } from "../src/config.ts";
 import { silentLogger } from "../src/log.ts";
-import { addEmbeddedProxy, startStack, type Stack } from "../src/services.ts";
+import { addEmbeddedProxy, startStack, type Stack } from "../src/stack.ts";
 import { freePort } from "./helpers/env.ts";
 import { seededDataDir } from "./helpers/pglite-template.ts";
 

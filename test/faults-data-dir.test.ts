@@ -13,7 +13,7 @@ import { testConfig } from "../src/config.ts";
 import { DataDirInUseError, openDatabase } from "../src/db/client.ts";
 import { lockDirectory } from "../src/db/data-dir-lock.ts";
 import { silentLogger } from "../src/log.ts";
-import { startStack } from "../src/services.ts";
+import { startStack } from "../src/stack.ts";
 import { BIN, startSimulator } from "./helpers/front.ts";
 import { call } from "./helpers/wake-fixture.ts";
 

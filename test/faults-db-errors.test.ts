@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openDatabase, type Database } from "../src/db/client.ts";
 import { databaseUnavailable } from "../src/db/errors.ts";
 import { createLogger } from "../src/log.ts";
-import { listenHono } from "../src/services.ts";
+import { listenHono } from "../src/listen.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { ADMIN_PG_URL, postgresEnabled } from "./helpers/env.ts";
 import { fakePlatform, testApp, vm } from "./helpers/fakes.ts";

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { testConfig } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
-import { startStack, type Stack } from "../src/services.ts";
+import { startStack, type Stack } from "../src/stack.ts";
 import type { ConfigService } from "../src/traefik/config-service.ts";
 import { quietTraefikPolls, traefikEndpoint } from "../src/traefik/endpoint.ts";
 

@@ -8,7 +8,7 @@ import { request } from "node:http";
 import type { LookupFunction } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Config } from "../src/config.ts";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { traefikBinary } from "./helpers/env.ts";
 import { API_KEY, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
 import { startTestTraefik, traefikPorts, type TestTraefik } from "./helpers/traefik.ts";

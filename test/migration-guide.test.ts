@@ -12,7 +12,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ENV_VARS, parseDuration } from "../src/config.ts";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { postgresEnabled, traefikBinary } from "./helpers/env.ts";
 import { BIN, waitFor } from "./helpers/front.ts";

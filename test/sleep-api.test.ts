@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { createLogger } from "../src/log.ts";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { call } from "./helpers/wake-fixture.ts";
 import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
 

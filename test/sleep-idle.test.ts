@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { establishedPorts } from "../src/lifecycle/ssh-sessions.ts";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
 
 const conntrackLine = (dport: number, state = "ESTABLISHED") =>

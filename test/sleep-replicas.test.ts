@@ -4,7 +4,7 @@
  * however many sidecars receive its requests.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { dbKinds } from "./helpers/db.ts";
 import { call } from "./helpers/wake-fixture.ts";
 import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";

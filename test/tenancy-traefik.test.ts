@@ -12,7 +12,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../src/log.ts";
-import type { Stack } from "../src/services.ts";
+import type { Stack } from "../src/stack.ts";
 import { postgresEnabled, traefikBinary } from "./helpers/env.ts";
 import { startSimulator, waitFor } from "./helpers/front.ts";
 import { stackConfig, stackDatabase, stackPorts, startSleepStack } from "./helpers/stack.ts";

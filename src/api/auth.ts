@@ -1,4 +1,7 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../config.ts";
 import { AppError } from "../errors.ts";
 
 /** Who is calling. `userId` is '' in single-tenant mode (static keys); routes are then not scoped. */
@@ -156,4 +159,22 @@ function unreachable(err: unknown, timeoutMs: number): string {
   if ((err as Error)?.name === "TimeoutError") return `no answer within ${timeoutMs} ms`;
   const code = (err as { cause?: { code?: string } })?.cause?.code;
   return code ?? "connection failed";
+}
+
+/**
+ * The API key source. HATCH_API_KEYS wins, then the better-auth verify URL; with neither, a random
+ * key is generated once into `<data dir>/api-key` (mode 600) so the API is never open by default.
+ */
+export function configureAuth(config: Config): { auth: Authenticator; generatedKey?: string; keyFile?: string } {
+  if (config.apiKeys) return { auth: createStaticKeyAuth(config.apiKeys) };
+  if (config.authVerifyUrl) return { auth: createVerifyAuth({ url: config.authVerifyUrl, cacheTtlMs: config.authCacheTtlMs }) };
+  const keyFile = join(config.dataDir, "api-key");
+  let key = existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : "";
+  if (!key) {
+    mkdirSync(config.dataDir, { recursive: true });
+    key = `hk_${randomBytes(24).toString("base64url")}`;
+    writeFileSync(keyFile, `${key}\n`, { mode: 0o600 });
+  }
+  chmodSync(keyFile, 0o600);
+  return { auth: createStaticKeyAuth([key]), generatedKey: key, keyFile };
 }

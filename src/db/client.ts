@@ -256,3 +256,10 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
 }
 
 export { DataDirInUseError } from "./data-dir-lock.ts";
+
+/** Where the database lives, in words safe to print (no password). */
+export function describeDatabase(config: { databaseUrl: string | undefined; dataDir: string }): string {
+  if (!config.databaseUrl) return `PGlite (embedded) in ${join(config.dataDir, "pglite")}`;
+  const u = new URL(config.databaseUrl);
+  return `PostgreSQL at ${u.hostname}:${u.port || 5432}${u.pathname}`;
+}

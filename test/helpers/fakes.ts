@@ -4,7 +4,7 @@ import { testConfig } from "../../src/config.ts";
 import { openDatabase, type Database } from "../../src/db/client.ts";
 import type { Listening } from "../../src/listen.ts";
 import { silentLogger } from "../../src/log.ts";
-import { listenHono } from "../../src/services.ts";
+import { listenHono } from "../../src/listen.ts";
 import type { CallOptions, Vm, VmDirectory, VmPlatform, VmState } from "../../src/vms/platform.ts";
 import { PlatformUnavailableError } from "../../src/vms/platform.ts";
 

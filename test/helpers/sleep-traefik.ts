@@ -3,7 +3,7 @@
  * restarts (Postgres when available), a route API + sidecar stack that can restart on the same
  * ports, and a Traefik polling it with its API and metrics read by the stack.
  */
-import type { Stack } from "../../src/services.ts";
+import type { Stack } from "../../src/stack.ts";
 import { dbKinds } from "./db.ts";
 import { stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, type StackPorts } from "./stack.ts";
 import { startTestTraefik, traefikPorts, type TestTraefik } from "./traefik.ts";

@@ -7,7 +7,7 @@ import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { testConfig, type Config } from "../../src/config.ts";
 import { silentLogger, type Logger } from "../../src/log.ts";
-import { addEmbeddedProxy, startStack, type Stack } from "../../src/services.ts";
+import { addEmbeddedProxy, startStack, type Stack } from "../../src/stack.ts";
 import type { SleeperOptions } from "../../src/lifecycle/sleeper.ts";
 import { createSimulator, type Simulator } from "../../src/vms/simulator/index.ts";
 import { freshDb, type DbKind, type TestDb } from "./db.ts";

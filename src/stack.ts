@@ -2,27 +2,21 @@
  * Assembles the processes from their parts: database, VM platform, VM directory, Traefik config
  * service, route API, wake sidecar. `main.ts` and the end-to-end tests both start the product here.
  */
-import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, constants, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import type { Server } from "node:http";
-import { homedir } from "node:os";
-import { delimiter, join } from "node:path";
-import { createAdaptorServer } from "@hono/node-server";
 import { createApp } from "./api/app.ts";
 import { platformProxy } from "./api/platform-proxy.ts";
 import type { ReadinessCheck } from "./api/deps.ts";
-import { createStaticKeyAuth, createVerifyAuth, type Authenticator, type VerifyAuthenticator } from "./api/auth.ts";
-import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
-import { listen, type Listening } from "./listen.ts";
+import { configureAuth, type VerifyAuthenticator } from "./api/auth.ts";
+import { addrToUrl, type Config } from "./config.ts";
+import { listenHono, type Listening } from "./listen.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
-import { lockDirectory } from "./db/data-dir-lock.ts";
 import type { Logger } from "./log.ts";
 import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
 import { quietTraefikPolls, traefikEndpoint } from "./traefik/endpoint.ts";
 import { createVmDirectory } from "./vms/directory.ts";
 import { createHatchClient } from "./vms/hatch-client.ts";
 import type { VmDirectory, VmPlatform } from "./vms/platform.ts";
-import { createSimulator, type Simulator } from "./vms/simulator/index.ts";
+import type { Simulator } from "./vms/simulator/index.ts";
+import { serveSimulator } from "./vms/simulator/serve.ts";
 import { createWakeProxy, startWakeServer, type WakeProxy } from "./wake/proxy.ts";
 import { OwnerKeys } from "./tenancy/owner-keys.ts";
 import { Tenancy } from "./tenancy/tenancy.ts";
@@ -33,36 +27,6 @@ import { Sleeper, type SleeperOptions } from "./lifecycle/sleeper.ts";
 import { FrontActivity } from "./lifecycle/front-activity.ts";
 import { IdleSweeper } from "./lifecycle/sweeper.ts";
 import { TraefikFronts } from "./traefik/fronts.ts";
-
-/** Serves a fetch-style handler (Hono) on node:http; resolves once listening. */
-export function listenHono(fetch: (req: Request, env?: any) => Response | Promise<Response>, addr: ListenAddr): Promise<Listening> {
-  return listen(createAdaptorServer({ fetch }) as Server, addr);
-}
-
-/** Where the database lives, in words safe to print (no password). */
-export function describeDatabase(config: Config): string {
-  if (!config.databaseUrl) return `PGlite (embedded) in ${join(config.dataDir, "pglite")}`;
-  const u = new URL(config.databaseUrl);
-  return `PostgreSQL at ${u.hostname}:${u.port || 5432}${u.pathname}`;
-}
-
-/**
- * The API key source. HATCH_API_KEYS wins, then the better-auth verify URL; with neither, a random
- * key is generated once into `<data dir>/api-key` (mode 600) so the API is never open by default.
- */
-export function configureAuth(config: Config): { auth: Authenticator; generatedKey?: string; keyFile?: string } {
-  if (config.apiKeys) return { auth: createStaticKeyAuth(config.apiKeys) };
-  if (config.authVerifyUrl) return { auth: createVerifyAuth({ url: config.authVerifyUrl, cacheTtlMs: config.authCacheTtlMs }) };
-  const keyFile = join(config.dataDir, "api-key");
-  let key = existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : "";
-  if (!key) {
-    mkdirSync(config.dataDir, { recursive: true });
-    key = `hk_${randomBytes(24).toString("base64url")}`;
-    writeFileSync(keyFile, `${key}\n`, { mode: 0o600 });
-  }
-  chmodSync(keyFile, 0o600);
-  return { auth: createStaticKeyAuth([key]), generatedKey: key, keyFile };
-}
 
 export interface StackParts {
   /** Route API + Traefik config endpoint on HATCH_HTTP_ADDR. */
@@ -267,64 +231,3 @@ export async function addEmbeddedProxy(stack: Stack): Promise<Listening> {
   stack.defer(() => listening.close());
   return listening;
 }
-
-/**
- * The simulator with its state in HATCH_DATA_DIR and its API on HATCH_SIM_ADDR (`npm start` and
- * `hatch-proxy sim`). It rewrites simulator.json as soon as it has loaded it (a VM whose ports
- * another process holds is saved as stopped), so it takes the directory's lock first, unless the
- * caller holds it; close() stops it and then lets the lock go.
- */
-export async function serveSimulator(
-  config: Config,
-  log: Logger,
-  opts: { locked?: boolean | undefined; onChange?: () => void } = {},
-): Promise<{ simulator: Simulator; api: Listening; close(): Promise<void> }> {
-  const releaseDir = opts.locked ? () => {} : lockDirectory(config.dataDir, `the data directory ${config.dataDir}`);
-  let simulator: Simulator | undefined;
-  try {
-    simulator = await createSimulator({
-      ipPrefix: config.simIpPrefix,
-      restoreMs: config.simRestoreMs,
-      stateFile: join(config.dataDir, "simulator.json"),
-      users: config.simUsers,
-      log,
-      ...(opts.onChange && { onChange: opts.onChange }),
-    });
-    const served = await simulator.listen({ host: config.simAddr.host ?? "0.0.0.0", port: config.simAddr.port });
-    const sim = simulator;
-    return {
-      simulator: sim,
-      api: { url: served.url, port: Number(new URL(served.url).port), close: served.close },
-      async close() {
-        await served.close();
-        await sim.close();
-        releaseDir();
-      },
-    };
-  } catch (err) {
-    await simulator?.close();
-    releaseDir();
-    throw err;
-  }
-}
-
-/** The Traefik version scripts/traefik.sh builds into its cache. */
-export const TRAEFIK_VERSION = "v3.6.12";
-
-/** Finds a Traefik binary: TRAEFIK_BIN, then PATH, then the cache scripts/traefik.sh builds into. */
-export function findTraefikBinary(config: Config, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const executable = (p: string) => {
-    try {
-      accessSync(p, constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (config.traefikBin) return executable(config.traefikBin) ? config.traefikBin : undefined;
-  for (const dir of (env.PATH ?? "").split(delimiter)) if (dir && executable(join(dir, "traefik"))) return join(dir, "traefik");
-  const cacheRoot = env.HATCH_CACHE_DIR ?? join(env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "hatch-proxy");
-  const cached = join(cacheRoot, "traefik", TRAEFIK_VERSION, "traefik");
-  return executable(cached) ? cached : undefined;
-}
-
