@@ -53,6 +53,9 @@ interface ScenarioResults {
   up: { status?: number; body?: { boot: number; port: number } }[];
   keepAliveFirst: boolean;
   paused: { short: ConnectOutcome; long: ConnectOutcome; keepAliveAnswered: boolean; keepAliveEnded: string | null; state: string };
+  neighbourWhilePaused: { status?: number; body?: { boot: number } };
+  neighbourWhileUnlinked: { status?: number; body?: { boot: number } };
+  detached: { described: unknown; helperAlive: boolean; links: string[] };
   helperAliveAfterUnlink: boolean;
   linksUnlinked: string[];
   unlinked: ConnectOutcome[];
@@ -93,7 +96,8 @@ describe.skipIf(!enabled)("bridge network in a fresh network namespace (Hatch's 
   });
 
   it("(a) serves every guest port through the handed-over listeners", () => {
-    expect(r.linksAttached.sort()).toEqual(["hsbr0", "hsbr0a", "hsbr0b", "hsbr0v0", "lo"]);
+    // Two VMs attached at once get one host end each.
+    expect(r.linksAttached.sort()).toEqual(["hsbr0", "hsbr0a", "hsbr0b", "hsbr0v0", "hsbr0v1", "lo"]);
     expect(r.up.map((u) => [u.status, u.body?.boot, u.body?.port])).toEqual([
       [200, 1, 8080],
       [200, 1, 9090],
@@ -110,17 +114,24 @@ describe.skipIf(!enabled)("bridge network in a fresh network namespace (Hatch's 
     expect(r.paused.long.ms).toBeGreaterThanOrEqual(4900);
     expect(r.paused.keepAliveAnswered).toBe(false);
     expect(r.paused.keepAliveEnded).toBeNull();
+    expect(r.neighbourWhilePaused).toMatchObject({ status: 200 });
   });
 
   it("(c) unlinked: every connect fails with EHOSTUNREACH after ARP, not ECONNREFUSED; the link and helper are gone", () => {
-    expect(r.linksUnlinked.sort()).toEqual(["hsbr0", "hsbr0a", "hsbr0b", "lo"]);
+    expect(r.linksUnlinked.sort()).toEqual(["hsbr0", "hsbr0a", "hsbr0b", "hsbr0v1", "lo"]);
     expect(r.helperAliveAfterUnlink).toBe(false);
+    expect(r.neighbourWhileUnlinked).toMatchObject({ status: 200 });
     expect(r.unlinked).toHaveLength(2);
     for (const u of r.unlinked) {
       expect(u.outcome).toBe("error");
       expect(["EHOSTUNREACH", "ETIMEDOUT"]).toContain(u.code);
       expect(u.ms).toBeGreaterThanOrEqual(2000);
     }
+  });
+
+  it("detach removes a VM's link and helper and forgets it; a second detach is a no-op", () => {
+    expect(r.detached).toEqual({ described: null, helperAlive: false, links: expect.arrayContaining(["hsbr0", "lo"]) });
+    expect(r.detached.links).not.toContain("hsbr0v1");
   });
 
   it("(d) relinked: answers again on every port from the new boot; the frozen connection is reset, never answered", () => {

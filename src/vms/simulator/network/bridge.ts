@@ -218,6 +218,8 @@ export class BridgeNetwork {
       throw new Error(`cannot link vm ${vmId} (${g.ip}) to ${this.bridge}: ${err.message}`);
     });
     g.link = link;
+    const twins = [...this.guests].filter(([id, o]) => id !== vmId && o.ip === g.ip && o.link).map(([id]) => id);
+    if (twins.length > 0) this.log.warn("two linked guests share one address (as on Hatch after a hatchd restart)", { vm_id: vmId, ip: g.ip, also: twins });
     this.log.debug("simulated vm linked", { vm_id: vmId, ip: g.ip, host_if: link.hostIf, netns_pid: link.netnsPid, ms: Math.round(performance.now() - started) });
     return listeners;
   }
