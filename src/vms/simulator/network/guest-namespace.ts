@@ -45,7 +45,7 @@ export class GuestNamespace {
   private nextId = 1;
   private readonly waiting = new Map<number, { resolve: (s: Server) => void; reject: (e: Error) => void }>();
   private stderr = "";
-  private exit: Promise<void>;
+  private readonly exit: Promise<void>;
   private gone = false;
 
   private constructor(
