@@ -166,9 +166,20 @@ export const ENV_VARS = {
   HATCH_SIM_ADDR: { default: "127.0.0.1:8090", schema: addr, doc: "Listen address of the built-in VM simulator's API." },
   HATCH_SIM_RESTORE_MS: { default: "800", schema: intIn(0, 600_000), doc: "Simulated restore/start time in milliseconds (per-VM `restore_ms` overrides it)." },
   HATCH_SIM_USERS: { default: undefined, schema: simUsers, doc: "Simulator tenancy as on Hatch: `key:user,…`; every call then needs one of these keys, a VM belongs to the user who created it, and another user's VM answers 404. Unset: no key needed." },
+  HATCH_SIM_NETWORK: {
+    default: "loopback",
+    schema: v.picklist(["loopback", "bridge"], "one of loopback, bridge"),
+    doc: "Where simulated VMs live: `loopback` (host addresses 127.x.y.N; no root needed) or `bridge` (a network namespace each on a Linux bridge, unreachable while asleep, as on Hatch; needs root, and a network namespace with nothing but lo: `unshare -n`).",
+  },
+  HATCH_SIM_SUBNET: { default: "10.213.0.0/24", schema: custom((s) => (/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(s.trim()) ? s.trim() : undefined), "an IPv4 network such as 10.213.0.0/24"), doc: "The bridge network's subnet (HATCH_SIM_NETWORK=bridge): the bridge takes the first address, VMs the others (Hatch uses 172.16.0.0/24)." },
+  HATCH_SIM_SNAPSHOT_MS: { default: "1500", schema: intIn(0, 3_600_000), doc: "On the bridge, how long a snapshot keeps a simulated VM paused (still `running`, a black hole) before its link goes and it is `snapshotted`, as Hatch's upload does." },
+  HATCH_SIM_SNAPSHOT_LIMIT: { default: "10", schema: intIn(0, 1_000_000), doc: "Snapshots per simulated VM before Hatch's 403 `snapshot limit reached (n/10)`; 0 = no limit." },
+  HATCH_SIM_REUSE_IPS: { default: "0", schema: v.picklist(["0", "1"], "0 or 1"), doc: "1: a new simulated VM gets the lowest address no running VM holds, even one a snapshotted VM keeps (Hatch after a hatchd restart; bridge only)." },
+  HATCH_SIM_START: { default: "1", schema: v.picklist(["0", "1"], "0 or 1"), doc: "1: the simulator serves `POST /vms/{id}/start` for stopped VMs; 0: it answers as Hatch, which has no start call." },
   HATCH_SIM_IP_PREFIX: { default: "127.0.1", schema: custom((s) => (/^127\.\d{1,3}\.\d{1,3}$/.test(s) ? s : undefined), "three loopback octets such as 127.0.1"), doc: "Simulated VMs get guest IPs <prefix>.N (loopback only)." },
   HATCH_VM_SYNC_INTERVAL: { default: "5s", schema: duration, doc: "How often the VM directory re-reads every VM state from the platform." },
   HATCH_PLATFORM_TIMEOUT: { default: "5s", schema: duration, doc: "Timeout of each VM platform call other than a wake." },
+  HATCH_PLATFORM_SLEEP_TIMEOUT: { default: "10m", schema: positiveDuration, doc: "Deadline of a snapshot or stop call. Hatch runs the snapshot on the request: a caller that gives up leaves the VM paused, so hatch-proxy waits this long, then re-reads the VM." },
   HATCH_TRAEFIK_ENTRYPOINTS: { default: "web", schema: entryPoints, doc: "Entry points the generated routers attach to." },
   HATCH_TRAEFIK_CERT_RESOLVER: { default: undefined, schema: nonEmpty, doc: "When set, routers get TLS with this cert resolver and a wildcard domain for the base domain." },
   HATCH_TRAEFIK_TOKEN: { default: undefined, schema: nonEmpty, doc: "Bearer token required on /traefik/config. Unset: only loopback clients may read it." },
@@ -214,8 +225,15 @@ export interface Config {
   simRestoreMs: number;
   simIpPrefix: string;
   simUsers: ReadonlyMap<string, string> | undefined;
+  simNetwork: "loopback" | "bridge";
+  simSubnet: string;
+  simSnapshotMs: number;
+  simSnapshotLimit: number;
+  simReuseIps: boolean;
+  simStart: boolean;
   vmSyncIntervalMs: number;
   platformTimeoutMs: number;
+  platformSleepTimeoutMs: number;
   traefikEntryPoints: string[];
   traefikCertResolver: string | undefined;
   traefikToken: string | undefined;
@@ -306,6 +324,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       "HATCH_CREDENTIALS_KEY: required with HATCH_BETTER_AUTH_VERIFY_URL (Hatch wakes and sleeps a VM only for its owner's key, so hatch-proxy keeps each route owner's key, encrypted with this one); expected 32 random bytes as 64 hex digits or base64, e.g. from `openssl rand -hex 32`",
     );
   }
+  if (out.HATCH_SIM_REUSE_IPS === "1" && out.HATCH_SIM_NETWORK !== "bridge") {
+    problems.push("HATCH_SIM_REUSE_IPS=1: needs HATCH_SIM_NETWORK=bridge (two VMs cannot listen on one loopback address)");
+  }
   if (problems.length) throw new ConfigError(problems);
   const get = <K extends keyof Vars>(k: K) => out[k] as Parsed<K>;
   const wakeAddr = get("HATCH_WAKE_ADDR") as ListenAddr;
@@ -328,8 +349,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     simRestoreMs: get("HATCH_SIM_RESTORE_MS") as number,
     simIpPrefix: get("HATCH_SIM_IP_PREFIX") as string,
     simUsers: out.HATCH_SIM_USERS as ReadonlyMap<string, string> | undefined,
+    simNetwork: get("HATCH_SIM_NETWORK") as Config["simNetwork"],
+    simSubnet: get("HATCH_SIM_SUBNET") as string,
+    simSnapshotMs: get("HATCH_SIM_SNAPSHOT_MS") as number,
+    simSnapshotLimit: get("HATCH_SIM_SNAPSHOT_LIMIT") as number,
+    simReuseIps: get("HATCH_SIM_REUSE_IPS") === "1",
+    simStart: get("HATCH_SIM_START") === "1",
     vmSyncIntervalMs: get("HATCH_VM_SYNC_INTERVAL") as number,
     platformTimeoutMs: get("HATCH_PLATFORM_TIMEOUT") as number,
+    platformSleepTimeoutMs: get("HATCH_PLATFORM_SLEEP_TIMEOUT") as number,
     traefikEntryPoints: get("HATCH_TRAEFIK_ENTRYPOINTS") as string[],
     traefikCertResolver: out.HATCH_TRAEFIK_CERT_RESOLVER as string | undefined,
     traefikToken: out.HATCH_TRAEFIK_TOKEN as string | undefined,

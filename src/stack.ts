@@ -151,6 +151,12 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
     if (parts.embeddedProxy) await addEmbeddedProxy(stack);
 
     if (parts.api) {
+      // A stopped VM must be startable again, or stopping it puts it to sleep for good.
+      const canStart = await platform.canStart().catch(() => undefined);
+      if (canStart === false && config.idleAction === "stop" && config.idleTimeoutMs > 0) {
+        throw new Error("HATCH_IDLE_ACTION=stop, but the VM platform cannot start a stopped VM (Hatch has no start call): an idle VM would never wake again; use HATCH_IDLE_ACTION=snapshot");
+      }
+      if (canStart === undefined && config.idleAction === "stop") log.warn("cannot tell whether the VM platform can start a stopped VM (it did not answer); HATCH_IDLE_ACTION=stop is taken as it is");
       const configService = createConfigService({ database, directory, config, sleeps: runtime.sleeps, log: log.child({ component: "traefik-config" }) });
       await configService.start();
       closers.push(() => configService.stop());
@@ -192,7 +198,7 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
         // Metrics of this process's proxy: the sidecar, or the embedded proxy (which `start` may add
         // after the API, when Traefik is missing or fails). One of them runs, never both.
         registries: () => [...[stack.wakeProxy ?? stack.embeddedProxy].flatMap((p) => (p ? [p.registry] : [])), sleeper.registry],
-        sleep: { sleeper, activity: runtime.activity },
+        sleep: { sleeper, activity: runtime.activity, canStart: canStart !== false },
         vmApi: platformProxy({ config, directory, log: log.child({ component: "vm-api" }), baseUrl: simApi?.url }),
         readiness: [
           {

@@ -77,7 +77,7 @@ describe("vms commands against the simulator", () => {
     const vms = sim.listVms();
     expect(vms).toHaveLength(1);
     vmId = vms[0]!.id;
-    ip = vms[0]!.guest_ip;
+    ip = vms[0]!.guest_ip!;
     expect(ip.startsWith(`${PREFIX}.`)).toBe(true);
     expect(vms[0]!.guest_ports).toEqual([8080, 3000]);
     expect(vms[0]!.restore_ms).toBe(20);

@@ -101,7 +101,7 @@ describe("vms activity and vms sleep against the full stack", () => {
   beforeAll(async () => {
     const vm = await stack.simulator!.createVm();
     vmId = vm.id;
-    ip = vm.guest_ip;
+    ip = vm.guest_ip!;
   });
 
   it("activity of a VM without routes: never active, nothing to sleep", async () => {

@@ -52,11 +52,11 @@ describe("idle sweeper rules (embedded, pglite)", () => {
 
   it("keeps a VM with an SSH session up, and stops it (HATCH_IDLE_ACTION=stop) once the session ends", async () => {
     const vm = await sim().createVm();
-    writeFileSync(conntrack(), conntrackLine(vm.ssh_port) + "\n");
+    writeFileSync(conntrack(), conntrackLine(vm.ssh_port!) + "\n");
     await addRouteVia(stack, vm.id, "ssh-user");
     await new Promise((r) => setTimeout(r, 3000));
     expect(sim().getVm(vm.id)!.state).toBe("running");
-    writeFileSync(conntrack(), conntrackLine(vm.ssh_port, "TIME_WAIT") + "\n");
+    writeFileSync(conntrack(), conntrackLine(vm.ssh_port!, "TIME_WAIT") + "\n");
     await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped", 5000);
   });
 

@@ -64,7 +64,7 @@ describe("buildDynamicConfig", () => {
     entryPoints: ["web"],
     priority: 10_000,
   };
-  const transports = { "hatch-vm": { forwardingTimeouts: { dialTimeout: "5s" }, maxIdleConnsPerHost: 200 } };
+  const transports = { "hatch-vm": { forwardingTimeouts: { dialTimeout: "1s" }, maxIdleConnsPerHost: 200 } };
   const retry = { "hatch-vm-retry": { retry: { attempts: 6, initialInterval: "500ms" } } };
   const fallback = {
     ...retry,

@@ -297,7 +297,9 @@ describe("simulator: Hatch's snapshots, metrics and exec calls", () => {
     await sim.deleteVm(vm.id);
   });
 
-  it(`keeps the latest ${MAX_SNAPSHOTS} snapshots`, async () => {
+  it(`keeps the latest ${MAX_SNAPSHOTS} snapshots (with no snapshot limit)`, async () => {
+    const unlimited = await createSimulator({ ipPrefix: "127.0.46", restoreMs: 0, snapshotLimit: 0 });
+    const sim = unlimited;
     const vm = await sim.createVm();
     const taken: string[] = [];
     for (let i = 0; i < MAX_SNAPSHOTS + 2; i++) {
@@ -306,7 +308,7 @@ describe("simulator: Hatch's snapshots, metrics and exec calls", () => {
       await sim.restore(vm.id);
     }
     expect(sim.snapshots(vm.id).map((s) => s.id)).toEqual(taken.slice(2));
-    await sim.deleteVm(vm.id);
+    await unlimited.close();
   });
 
   it("metrics: Hatch's shape, uptime since the last boot while running, 0 asleep, bytes across sleeps", async () => {

@@ -93,15 +93,15 @@ describe("simulator REST API: states and Hatch's texts", () => {
     expect(await call("GET", "/nope")).toMatchObject({ status: 404, body: { error: "not found" } });
   });
 
-  it("walks snapshot → restore → stop → start with Hatch's transition errors", async () => {
+  it("walks snapshot → restore → stop → start with Hatch's transition errors (a 500 with Go's text, as Hatch answers them)", async () => {
     const { body: vm } = await call("POST", "/vms", { restore_ms: 300 });
     const id = vm.id as string;
     expect(await call("POST", `/vms/${id}/restore`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be snapshotted to restore (current state: running)" },
     });
     expect(await call("POST", `/vms/${id}/start`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be stopped to start (current state: running)" },
     });
 
@@ -112,7 +112,7 @@ describe("simulator REST API: states and Hatch's texts", () => {
     expect(Date.parse(snap.body.created_at)).not.toBeNaN();
     expect((await call("GET", `/vms/${id}`)).body.state).toBe("snapshotted");
     expect(await call("POST", `/vms/${id}/snapshot`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be running to snapshot (current state: snapshotted)" },
     });
 
@@ -120,11 +120,11 @@ describe("simulator REST API: states and Hatch's texts", () => {
     const restoring = call("POST", `/vms/${id}/restore`);
     await expect.poll(() => sim.getVm(id)?.state).toBe("starting");
     expect(await call("POST", `/vms/${id}/restore`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be snapshotted to restore (current state: starting)" },
     });
     expect(await call("POST", `/vms/${id}/stop`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be running or snapshotted to stop (current state: starting)" },
     });
     const restored = await restoring;
@@ -135,11 +135,11 @@ describe("simulator REST API: states and Hatch's texts", () => {
     const stopped = await call("POST", `/vms/${id}/stop`);
     expect(stopped).toMatchObject({ status: 200, body: { id, state: "stopped" } });
     expect(await call("POST", `/vms/${id}/stop`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be running or snapshotted to stop (current state: stopped)" },
     });
     expect(await call("POST", `/vms/${id}/restore`)).toMatchObject({
-      status: 409,
+      status: 500,
       body: { error: "vm must be snapshotted to restore (current state: stopped)" },
     });
     const started = await call("POST", `/vms/${id}/start`);
@@ -160,7 +160,7 @@ describe("simulator REST API: states and Hatch's texts", () => {
     for (let i = 0; i < 2; i++) {
       expect(await call("POST", `/vms/${vm.id}/restore`)).toMatchObject({ status: 500, body: { error: "restore failed: injected failure" } });
       expect(sim.getVm(vm.id)).toMatchObject({ state: "snapshotted", wake_count: 0, boot_count: 1 });
-      expect(await tryConnect(vm.guest_ip, 8080)).toBe("ECONNREFUSED");
+      expect(await tryConnect(vm.guest_ip!, 8080)).toBe("ECONNREFUSED");
     }
     expect(await call("POST", `/vms/${vm.id}/restore`)).toMatchObject({ status: 200, body: { state: "running", wake_count: 1, boot_count: 2 } });
 
@@ -239,18 +239,18 @@ describe("simulator guest servers (real sockets)", () => {
 
   it("refuses connections while snapshotted, drops open ones, and answers again after restore_ms", async () => {
     const vm = await sim.createVm({ restore_ms: 400 });
-    expect(await tryConnect(vm.guest_ip, 8080)).toBe("connected");
+    expect(await tryConnect(vm.guest_ip!, 8080)).toBe("connected");
     // A response in progress (headers sent, body still streaming) is cut when the VM sleeps.
     const streaming = await fetch(guestUrl(vm, "/stream?n=3&ms=10000"));
     expect(streaming.status).toBe(200);
     await sim.snapshot(vm.id);
     await expect(streaming.text()).rejects.toThrow("terminated");
-    expect(await tryConnect(vm.guest_ip, 8080)).toBe("ECONNREFUSED");
+    expect(await tryConnect(vm.guest_ip!, 8080)).toBe("ECONNREFUSED");
 
     const t0 = performance.now();
     const restoring = sim.restore(vm.id);
     expect(sim.getVm(vm.id)?.state).toBe("starting");
-    expect(await tryConnect(vm.guest_ip, 8080)).toBe("ECONNREFUSED");
+    expect(await tryConnect(vm.guest_ip!, 8080)).toBe("ECONNREFUSED");
     const woke = await restoring;
     const elapsed = performance.now() - t0;
     expect(elapsed).toBeGreaterThanOrEqual(400);
@@ -260,12 +260,12 @@ describe("simulator guest servers (real sockets)", () => {
     expect(j).toMatchObject({ vm_id: vm.id, boot: 2, path: "/after" });
 
     await sim.stop(vm.id);
-    expect(await tryConnect(vm.guest_ip, 8080)).toBe("ECONNREFUSED");
+    expect(await tryConnect(vm.guest_ip!, 8080)).toBe("ECONNREFUSED");
     await sim.start(vm.id);
     expect(((await (await fetch(guestUrl(vm))).json()) as any).boot).toBe(3);
     expect(sim.getVm(vm.id)).toMatchObject({ wake_count: 2, boot_count: 3 });
     await sim.deleteVm(vm.id);
-    expect(await tryConnect(vm.guest_ip, 8080)).toBe("ECONNREFUSED");
+    expect(await tryConnect(vm.guest_ip!, 8080)).toBe("ECONNREFUSED");
   });
 
   it("echoes WebSocket messages on /ws and closes them on snapshot", async () => {
@@ -420,7 +420,7 @@ describe("simulator persistence", () => {
     const saved = JSON.parse(readFileSync(stateFile, "utf8"));
     expect(saved.vms.map((v: SimVm) => v.id)).toEqual([running.id, asleep.id, "vm-fixed-id"]);
     await first.close();
-    expect(await tryConnect(running.guest_ip, 8080)).toBe("ECONNREFUSED");
+    expect(await tryConnect(running.guest_ip!, 8080)).toBe("ECONNREFUSED");
 
     const second = await createSimulator({ ipPrefix: PREFIX, restoreMs: 0, stateFile });
     try {
@@ -436,7 +436,7 @@ describe("simulator persistence", () => {
       expect(second.getVm("vm-fixed-id")).toMatchObject({ state: "stopped" });
       expect(await second.platform.get("vm-fixed-id", { userKey: "key-y" })).toBeUndefined();
       expect(((await (await fetch(guestUrl(running, "/", 8081))).json()) as any).boot).toBe(3);
-      expect(await tryConnect(asleep.guest_ip, 8080)).toBe("ECONNREFUSED");
+      expect(await tryConnect(asleep.guest_ip!, 8080)).toBe("ECONNREFUSED");
       expect((await second.restore(asleep.id)).state).toBe("running");
       // A new VM does not take a reloaded VM's address.
       const fresh = await second.createVm();

@@ -20,6 +20,8 @@ export interface ReadinessCheck {
 export interface SleepDeps {
   sleeper: Sleeper;
   activity: ActivityRecorder;
+  /** False when the VM platform cannot start a stopped VM (Hatch): a sleep by stop is refused. */
+  canStart?: boolean;
 }
 
 export interface ApiDeps {

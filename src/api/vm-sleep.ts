@@ -35,6 +35,10 @@ export const ActivitySchema = v.object({
     v.nullable(v.object({ phase: v.string(), reason: v.string(), started_at: v.string() })),
     v.description("A sleep under way: draining (routers out, work finishing) or sleeping (snapshot/stop running)."),
   ),
+  sleep_blocked: v.pipe(
+    v.nullable(v.string()),
+    v.description("Why the VM platform refuses to put the VM to sleep (e.g. `snapshot limit reached (10/10)`): the idle sweeper leaves it awake until its state changes; null when it does not."),
+  ),
   platform_access: v.pipe(
     v.object({ status: v.picklist(["ok", "no_credential", "credential_rejected", "unowned", "no_credentials_key"]), detail: v.nullable(v.string()) }),
     v.description(
@@ -59,6 +63,10 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
     if (unknown.length) throw new AppError(400, `unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`);
     const parsed = v.safeParse(SleepBody, body);
     if (!parsed.success) throw new AppError(400, 'action must be "snapshot" or "stop"');
+    const action = parsed.output.action ?? config.idleAction;
+    if (action === "stop" && sleep.canStart === false) {
+      throw new AppError(409, "the VM platform cannot start a stopped VM (Hatch has no start call): a stop would put it to sleep for good; use \"snapshot\"", { code: "cannot_start" });
+    }
     const vm = await vmForPrincipal(deps, vmId, principal);
     if (vm.state !== "running") throw new AppError(409, `vm is not running (current state: ${vm.state})`, { code: "not_running" });
     const r = await sleep.sleeper.sleep(vmId, "api", { action: parsed.output.action });
@@ -74,6 +82,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
       case "refused":
         throw new AppError(503, `cannot put the vm to sleep safely: ${r.why}`, { code: "sleep_unconfirmable", headers: { "Retry-After": "5" } });
       case "failed":
+        if (r.blocked) throw new AppError(409, `the VM platform refused to put the vm to sleep: ${r.why}`, { code: "sleep_blocked" });
         if (r.unavailable) throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", headers: { "Retry-After": "1" } });
         throw new AppError(502, `the VM platform did not put the vm to sleep: ${r.why}`, { code: "sleep_failed" });
     }
@@ -93,7 +102,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
     const active = row && !row.cancelledAt ? row : undefined;
     const open = facts?.openConnections ?? 0;
     let sleepsAt: string | null = null;
-    if (config.idleTimeoutMs > 0 && facts && vm.state === "running" && open === 0 && !active) {
+    if (config.idleTimeoutMs > 0 && facts && vm.state === "running" && open === 0 && !active && !sleep.sleeper.blocks.reason(vmId, vm)) {
       sleepsAt = iso(new Date(Math.max(Date.now(), +facts.idleSince + config.idleTimeoutMs)));
     }
     const lastAt = last[0] ? new Date(last[0].at) : undefined;
@@ -107,6 +116,7 @@ export function registerSleepEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, sleep: 
       idle_timeout_s: config.idleTimeoutMs / 1000,
       sleeps_at: sleepsAt,
       sleep: active ? { phase: active.phase, reason: active.reason, started_at: iso(active.startedAt) } : null,
+      sleep_blocked: sleep.sleeper.blocks.reason(vmId, vm) ?? null,
       platform_access: access.ok ? { status: "ok", detail: null } : { status: access.problem.reason, detail: access.problem.message },
     } satisfies v.InferOutput<typeof ActivitySchema>);
   });

@@ -27,6 +27,7 @@ export interface ActivityJson {
   sleep: { phase: string; reason: string; started_at: string } | null;
   /** Absent from older APIs. */
   platform_access?: { status: string; detail: string | null };
+  sleep_blocked?: string | null;
 }
 
 const UNITS: [string, number][] = [
@@ -62,6 +63,7 @@ const toSeconds = (t: number) => new Date(t).toISOString().replace(/\.\d{3}Z$/, 
 function whyNoSleep(a: ActivityJson): string | undefined {
   if (a.idle_timeout_s === 0) return "idle sleep is off";
   if (a.platform_access && a.platform_access.status !== "ok") return "hatch-proxy cannot act on it: see platform access";
+  if (a.sleep_blocked) return "the platform refuses to put it to sleep: see sleep blocked";
   if (a.sleep) return "a sleep is under way";
   if (a.state !== "running") return "not running";
   if (a.idle_since === null) return "no routes";
@@ -90,6 +92,7 @@ export function activityLines(a: ActivityJson, now: number): string[] {
     ["sleep in progress", a.sleep ? `${a.sleep.phase} (reason: ${a.sleep.reason}) since ${past(a.sleep.started_at, now)}` : "-"],
   ];
   // Only when hatch-proxy cannot act on the VM (a key-scoped platform without its owner's key).
+  if (a.sleep_blocked) rows.push(["sleep blocked", a.sleep_blocked]);
   if (a.platform_access && a.platform_access.status !== "ok") rows.push(["platform access", `${a.platform_access.status}: ${a.platform_access.detail ?? ""}`]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, value]) => `${k.padEnd(width)}  ${value}`);

@@ -20,4 +20,7 @@ export class WakeTimeoutError extends Error {}
 /** The process is stopping: held requests are answered, not dropped. */
 export class ShuttingDownError extends Error {}
 
+/** A VM made without a network (Hatch's `enable_network: false`): nothing can reach it, so nothing is routed to it. */
+export const NO_NETWORK: Failure = { status: 503, error: "vm has no network" };
+
 export const SHUTTING_DOWN: Failure = { status: 503, error: "proxy is shutting down", headers: { "retry-after": "1" } };

@@ -28,11 +28,13 @@ import { PlatformUnavailableError, SleepError, type SleepAction, type Vm, type V
 import type { ActivityRecorder } from "./activity.ts";
 import { STALE_MS } from "./runtime.ts";
 import { vmLockName } from "./wake-flight.ts";
+import { sleepOnPlatform } from "./platform-sleep.ts";
+import { SleepBlocks } from "./sleep-blocks.ts";
 
 export type SleepResult =
   | { outcome: "done"; vm: Vm; drainMs: number }
   | { outcome: "cancelled"; why: string; drainMs: number }
-  | { outcome: "failed"; why: string; drainMs: number; unavailable: boolean }
+  | { outcome: "failed"; why: string; drainMs: number; unavailable: boolean; blocked?: boolean }
   | { outcome: "busy"; sleep: VmSleepRow }
   /** Not started: it could not be done without risk (why says what to fix). */
   | { outcome: "refused"; why: string }
@@ -58,6 +60,8 @@ export interface SleeperOptions {
   minDrainMs?: number;
   /** Pause between two looks at the drain's conditions. Default 100 ms. */
   pollMs?: number;
+  /** The blocks to share (withOptions keeps the same ones). */
+  blocks?: SleepBlocks;
 }
 
 /** The sleep protocol, with its metrics (no per-VM labels). */
@@ -65,6 +69,8 @@ export class Sleeper {
   readonly registry = new Registry();
   private readonly sleeps: Counter<"reason" | "outcome">;
   private readonly drain: Histogram<"outcome">;
+  /** VMs the platform refuses to put to sleep (the snapshot limit); the sweeper skips them. */
+  readonly blocks: SleepBlocks;
   private readonly settleMs: number;
   private readonly minDrainMs: number;
   private readonly pollMs: number;
@@ -91,6 +97,7 @@ export class Sleeper {
       registers: [this.registry],
     });
     for (const reason of ["idle", "api"]) for (const outcome of ["done", "cancelled", "failed"]) this.sleeps.labels(reason, outcome).inc(0);
+    this.blocks = opts.blocks ?? new SleepBlocks(this.registry, deps.log);
   }
 
   /**
@@ -115,7 +122,7 @@ export class Sleeper {
 
   /** The same protocol with other timing (tests stretch the drain to meet it with a request). */
   withOptions(opts: SleeperOptions): Sleeper {
-    return new Sleeper(this.deps, { settleMs: this.settleMs, minDrainMs: this.minDrainMs, pollMs: this.pollMs, ...opts });
+    return new Sleeper(this.deps, { settleMs: this.settleMs, minDrainMs: this.minDrainMs, pollMs: this.pollMs, blocks: this.blocks, ...opts });
   }
 
   /**
@@ -163,7 +170,7 @@ export class Sleeper {
   }
 
   private async run(vmId: string, reason: SleepReason, action: SleepAction, started: number): Promise<SleepResult> {
-    const { config, database, platform, directory, activity, fronts } = this.deps;
+    const { config, database, directory, activity, fronts } = this.deps;
     const holder = activity.holder;
     const elapsed = () => Math.round(performance.now() - started);
     const deadline = Date.now() + config.idleDrainTimeoutMs;
@@ -216,7 +223,7 @@ export class Sleeper {
       const slept = await database.withLock(vmLockName(vmId), remaining, async () => {
         // The last moment a request could cancel it: after this, requests wait for the wake.
         if (!(await startSleeping(database, vmId, holder))) return undefined;
-        return platform.sleep(vmId, action, { timeoutMs: Math.max(config.platformTimeoutMs, 30_000) });
+        return sleepOnPlatform(this.deps, vmId, action, [...new Set(routes.map((r) => r.targetPort))]);
       });
       if (!slept) {
         const row = await getSleep(database, vmId);
@@ -225,6 +232,12 @@ export class Sleeper {
       vm = slept;
     } catch (err) {
       if (err instanceof LockTimeoutError) return cancel("a wake of this vm is under way");
+      if (err instanceof SleepError && err.reason === "limit") {
+        // Refused for good (the snapshot limit): the sweeper leaves the VM alone until it changes.
+        const now = await directory.refreshOne(vmId).catch(() => undefined);
+        if (now) this.blocks.block(now, err.message);
+        return { outcome: "failed", why: err.message, drainMs: elapsed(), unavailable: false, blocked: true };
+      }
       const unavailable = err instanceof PlatformUnavailableError || (err instanceof SleepError && err.reason === "timeout");
       const why = err instanceof SleepError || err instanceof PlatformUnavailableError ? err.message : "internal error";
       if (!(err instanceof SleepError || err instanceof PlatformUnavailableError)) this.deps.log.error("sleep failed", { vm: vmId, err });
@@ -233,6 +246,7 @@ export class Sleeper {
       return { outcome: "failed", why, drainMs: elapsed(), unavailable };
     }
     directory.record(vm);
+    this.blocks.clear(vmId);
     return { outcome: "done", vm, drainMs: elapsed() };
   }
 }

@@ -109,7 +109,11 @@ export class IdleSweeper {
     await activity.flush();
     if (Math.random() < 0.1) await pruneConnections(database, 10 * STALE_MS).catch(() => 0);
     const facts = await listIdleFacts(database, STALE_MS);
-    const due = facts.filter((f) => directory.peek(f.vmId)?.state === "running" && f.openConnections === 0 && f.idleMs >= config.idleTimeoutMs);
+    const due = facts.filter((f) => {
+      const vm = directory.peek(f.vmId);
+      // A VM the platform refuses to put to sleep (the snapshot limit) is not asked again until it changes.
+      return vm?.state === "running" && f.openConnections === 0 && f.idleMs >= config.idleTimeoutMs && !sleeper.blocks.reason(f.vmId, vm);
+    });
     const ssh = due.length ? await this.sshPorts() : undefined;
     for (const f of due) {
       if (this.stopped || this.running.size >= CONCURRENT_SLEEPS) break;

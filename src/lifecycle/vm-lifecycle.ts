@@ -23,6 +23,7 @@ import { FailureError, SHUTTING_DOWN, ShuttingDownError, type Failure } from "./
 import type { SleepWatch } from "./sleep-watch.ts";
 import { WakeFlights, type Woken } from "./wake-flight.ts";
 import { LifecycleAnswers } from "./answers.ts";
+import { AddressGuard } from "./address-guard.ts";
 
 export interface LifecycleDeps {
   config: Config;
@@ -34,6 +35,9 @@ export interface LifecycleDeps {
   metrics: WakeMetrics;
   log: Logger;
 }
+
+/** Pause before a VM that did not take a connection is tried again. */
+const UNREACHABLE_RETRY_MS = 100;
 
 /** What to do with a request for a routed VM. */
 export type Admission = { kind: "forward"; vm: Vm } | { kind: "hold" } | { kind: "fail"; failure: Failure };
@@ -68,11 +72,14 @@ export class VmLifecycle {
 
   /** Request bodies held in memory while their VMs wake, under one ceiling per process. */
   readonly heldBodies: HeldBytes;
+  /** Refuses VMs whose guest address another running VM claims. */
+  readonly addresses: AddressGuard;
 
   constructor(private readonly deps: LifecycleDeps) {
     this.holds = new HoldCounter(deps.config.wakeMaxWaiters, (n) => deps.metrics.waiters(n));
     this.heldBodies = new HeldBytes(deps.config.wakeMaxBuffered, deps.metrics.registry);
     this.answers = new LifecycleAnswers(deps.config, deps.log);
+    this.addresses = new AddressGuard(deps.directory, deps.log, deps.metrics.registry);
     const owner = this;
     this.flights = new WakeFlights(
       deps,
@@ -85,6 +92,7 @@ export class VmLifecycle {
         timeoutText: this.answers.timeoutText,
       },
       (err, vmId) => this.wakeFailure(err, vmId),
+      this.addresses,
     );
   }
 
@@ -108,11 +116,17 @@ export class VmLifecycle {
   }
 
   /**
-   * A VM known as running refused the connection (or reset a reused one): asks the platform what it
-   * really is. `app`: it runs and no sleep is under way, so the app itself refused; `hold`: it is
-   * going to sleep or asleep, and the request waits for the wake that follows; `fail`: the answer.
+   * A VM known as running did not take a connection: asks the platform what it really is. When it
+   * still runs with no sleep under way, a refusal (`refused`) is the app's own (`app`), while a
+   * connect that went nowhere (`unreachable`: no route, or no answer in time) is tried again after
+   * a short pause (`retry`): on Hatch a VM being snapshotted reads `running` while it is a black
+   * hole, and a guest may just be slow to accept. `hold`: it is going to sleep or asleep, and the
+   * request waits for the wake that follows; `fail`: the answer to give.
    */
-  async whenRefused(route: RouteRow): Promise<{ kind: "app" } | { kind: "hold"; vm: Vm } | { kind: "fail"; failure: Failure }> {
+  async whenNotReached(
+    route: RouteRow,
+    how: "refused" | "unreachable",
+  ): Promise<{ kind: "app" } | { kind: "retry"; vm: Vm } | { kind: "hold"; vm: Vm } | { kind: "fail"; failure: Failure }> {
     let live: Vm | undefined;
     try {
       live = await this.refresh(route.vmId);
@@ -120,11 +134,12 @@ export class VmLifecycle {
       return { kind: "fail", failure: this.platformDown(err, route.vmId) };
     }
     if (!live) return { kind: "fail", failure: { status: 502, error: "vm not found" } };
-    if (live.state === "running" && !this.sleepInProgress(route.vmId)) return { kind: "app" };
-    const next = await this.admit(route, live);
+    const next = live.state === "running" && !this.sleepInProgress(route.vmId) ? ({ kind: "forward", vm: live } as const) : await this.admit(route, live);
     if (next.kind === "fail") return next;
-    if (next.kind === "forward") return { kind: "app" };
-    return { kind: "hold", vm: live };
+    if (next.kind === "hold") return { kind: "hold", vm: live };
+    if (how === "refused") return { kind: "app" };
+    await new Promise((r) => setTimeout(r, UNREACHABLE_RETRY_MS));
+    return { kind: "retry", vm: next.vm };
   }
 
   /**

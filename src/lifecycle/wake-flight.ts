@@ -10,12 +10,13 @@ import { databaseUnavailable } from "../db/errors.ts";
 import type { Logger } from "../log.ts";
 import { SLEEPING_STATES, WakeError, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
 import type { ActivityRecorder } from "./activity.ts";
-import { FailureError, ShuttingDownError, WakeTimeoutError, type Failure } from "./failure.ts";
+import { FailureError, NO_NETWORK, ShuttingDownError, WakeTimeoutError, type Failure } from "./failure.ts";
 import type { WakeMetrics, WakeOutcome } from "./metrics.ts";
 import { waitForPort } from "./ready.ts";
 import { SingleFlight, type Flight } from "./single-flight.ts";
 import type { SleepWatch } from "./sleep-watch.ts";
 import { WakeHistory } from "./wake-history.ts";
+import type { AddressGuard } from "./address-guard.ts";
 
 /** The lock a wake and a sleep of one VM share (sleeper.ts takes it around the snapshot). */
 export const vmLockName = (vmId: string) => `wake:${vmId}`;
@@ -61,6 +62,7 @@ export class WakeFlights {
     private readonly lifetime: FlightLifetime,
     /** The public answer for an error a flight ended with. */
     private readonly failureOf: (err: unknown, vmId: string) => Failure,
+    private readonly addresses?: AddressGuard,
   ) {}
 
   /**
@@ -85,9 +87,11 @@ export class WakeFlights {
   async ready(vmId: string, port: number, subdomain: string): Promise<Woken> {
     const woken = await this.wakes.run(vmId, (flight) => this.runWake(vmId, port, subdomain, flight));
     if (woken.port === port) return woken;
-    const key = `${woken.vm.guest_ip}:${port}`;
+    // The flight refused a VM without an address: this one has one.
+    const ip = woken.vm.guest_ip!;
+    const key = `${ip}:${port}`;
     try {
-      await this.probes.run(key, () => waitForPort(woken.vm.guest_ip, port, { deadline: woken.deadline, signal: this.lifetime.signal }));
+      await this.probes.run(key, () => waitForPort(ip, port, { deadline: woken.deadline, signal: this.lifetime.signal }));
     } catch {
       throw new FailureError({ status: 504, error: this.lifetime.timeoutText });
     }
@@ -119,6 +123,9 @@ export class WakeFlights {
         if (!live) throw new FailureError({ status: 502, error: "vm not found" });
         if (live.state === "running" || live.state === "starting") return live;
         if (!SLEEPING_STATES.includes(live.state)) throw new FailureError({ status: 503, error: `vm is in state "${live.state}", not proxying` });
+        // Waking it would make two running VMs claim one address: never start that ourselves.
+        const taken = this.addresses?.check(live);
+        if (taken) throw new FailureError(taken);
         woke = true;
         return await this.wakeOnPlatform(vmId, deadline, ac.signal);
       };
@@ -133,6 +140,9 @@ export class WakeFlights {
         }),
         ac.signal,
       );
+      if (!vm.guest_ip) throw new FailureError(NO_NETWORK);
+      const conflict = this.addresses?.check(vm);
+      if (conflict) throw new FailureError(conflict);
       await waitForPort(vm.guest_ip, port, { deadline, signal: ac.signal });
       let ready = vm;
       if (vm.state === "running") directory.record(vm);

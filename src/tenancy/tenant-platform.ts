@@ -124,6 +124,10 @@ export class TenantPlatform implements VmPlatform {
     return [...out.values()];
   }
 
+  canStart(): Promise<boolean> {
+    return this.opts.base.canStart?.() ?? Promise.resolve(false);
+  }
+
   async wake(id: string, callOpts?: CallOptions & { timeoutMs?: number }): Promise<Vm> {
     if (callOpts?.userKey !== undefined) return this.opts.base.wake(id, callOpts);
     return this.actAs(id, (key) => this.opts.base.wake(id, { ...callOpts, userKey: key }), (e) => e instanceof WakeError && e.reason === "not_found");

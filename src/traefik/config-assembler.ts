@@ -37,6 +37,8 @@ export function createConfigAssembler(settings: TraefikSettings): ConfigAssemble
   let cache = new Map<string, Piece>();
 
   function pieceFor(route: RouteLike, vm: Vm): Piece | undefined {
+    // No address (a VM made without a network): no direct router; the sidecar says why.
+    if (!vm.guest_ip) return undefined;
     const cached = cache.get(route.id);
     // Compared by value: a periodic full re-read replaces every row object without changing any.
     if (

@@ -41,8 +41,13 @@ export const VM_TRANSPORT = "hatch-vm";
  * and woken within about 3.4 s (6 attempts, 500 ms growing) still answers non-GET requests.
  */
 export const RETRY = { attempts: 6, initialInterval: "500ms" };
-/** A VM's port accepts within milliseconds; a dead one must not cost Traefik's default 30 s per attempt. */
-export const VM_DIAL_TIMEOUT = "5s";
+/**
+ * A VM's port accepts within milliseconds on its bridge. One that does not (a VM Hatch is pausing
+ * to snapshot is a black hole; a snapshotted one fails only after seconds of ARP) must not hold a
+ * request for Traefik's default 30 s per attempt, nor 5 s: past this, a GET falls back to the
+ * sidecar (which keeps trying and wakes the VM) and other methods get the retry middleware.
+ */
+export const VM_DIAL_TIMEOUT = "1s";
 /**
  * Idle connections kept per VM, as Traefik's default transport keeps: a declared serversTransport
  * without it falls back to Go's 2, and every concurrent request beyond 2 opens a new connection

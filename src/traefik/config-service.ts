@@ -13,6 +13,7 @@ import { createConfigAssembler } from "./config-assembler.ts";
 import { ConfigRefresh, type SleepingVms } from "./config-refresh.ts";
 import { makeSnapshot, traefikSettings, type ConfigSnapshot } from "./config-snapshot.ts";
 import { RouteIndex } from "./route-index.ts";
+import { AddressIndex } from "../vms/address-index.ts";
 
 export type { ConfigSnapshot } from "./config-snapshot.ts";
 export type { SleepingVms } from "./config-refresh.ts";
@@ -60,6 +61,7 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
   const log = deps.log.child({ component: "traefik-config" });
   const assembler = createConfigAssembler(traefikSettings(deps.config));
   const index = new RouteIndex();
+  const addresses = new AddressIndex(directory);
   let snapshot: ConfigSnapshot | undefined;
   let lastError: string | undefined;
   let lastSuccessAt: number | undefined;
@@ -74,7 +76,10 @@ export function createConfigService(deps: ConfigServiceDeps): ConfigService {
     // A VM being put to sleep keeps running for a while, but its requests must reach the sidecar.
     const vms = directory.all();
     // Same bytes as JSON.stringify(buildDynamicConfig(...)), re-serializing only changed routes.
-    const { json, routers } = assembler.assemble(index.directRoutes(vms, deps.sleeps?.vmIds()), vms);
+    const { json, routers } = assembler.assemble(
+      index.directRoutes(vms, deps.sleeps?.vmIds(), (vm) => addresses.othersOf(vm).length > 0),
+      vms,
+    );
     const now = Date.now();
     if (!lastError) lastSuccessAt = now;
     if (snapshot?.json === json) return;

@@ -68,15 +68,17 @@ export class RouteIndex {
    * port the VM serves. Walks the (fewer) running VMs rather than every route: at 100k routes with
    * 10% running, a lookup per route dominated.
    */
-  directRoutes(vms: ReadonlyMap<string, Vm>, asleep: ReadonlySet<string> | undefined): RouteLike[] {
+  directRoutes(vms: ReadonlyMap<string, Vm>, asleep: ReadonlySet<string> | undefined, shared?: (vm: Vm) => boolean): RouteLike[] {
     const routes: RouteLike[] = [];
     if (!this.byVm) return routes;
     for (const [id, vm] of vms) {
       if (vm.state !== "running" || asleep?.has(id)) continue;
       const list = this.byVm.get(id);
+      // An address two running VMs claim could lead to either: the sidecar answers those instead.
+      if (!list || shared?.(vm)) continue;
       // A port a simulated VM does not serve belongs to the host: such a route gets no direct
       // router, and the sidecar answers it as a closed port.
-      if (list) for (const r of list) if (servesPort(vm, r.targetPort)) routes.push(r);
+      for (const r of list) if (servesPort(vm, r.targetPort)) routes.push(r);
     }
     return routes;
   }

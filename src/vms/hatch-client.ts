@@ -1,6 +1,6 @@
 /** VmPlatform over Hatch's REST VM API (GET /vms, GET /vms/:id, POST /vms/:id/restore|start|snapshot|stop). */
 import * as v from "valibot";
-import { CredentialRejectedError, PlatformUnavailableError, SleepError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
+import { CredentialRejectedError, isStateConflictText, PlatformUnavailableError, SleepError, VM_STATES, WakeError, type CallOptions, type Vm, type VmPlatform, type VmState } from "./platform.ts";
 
 export interface HatchClientOptions {
   /** Base URL of Hatch's API, e.g. http://127.0.0.1:8080 (no trailing slash needed). */
@@ -87,6 +87,13 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
   return {
     kind: "hatch",
 
+    /** Hatch has no start call; the simulator's API says it has one (its x-hatch-simulator header). */
+    async canStart() {
+      const res = await doFetch(`${base}/vms`, { headers: opts.apiKey ? { authorization: `Bearer ${opts.apiKey}` } : {}, signal: AbortSignal.timeout(opts.timeoutMs) });
+      await res.body?.cancel();
+      return res.headers.get("x-hatch-simulator") === "start";
+    },
+
     async get(id, callOpts) {
       const key = keyOf(callOpts, opts.apiKey);
       try {
@@ -154,7 +161,7 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
         }
         if (a.status === 401) throw unexpected(a, `POST ${vmPath}/${op}`, key);
         if (a.status === 404) throw new WakeError("not_found", "vm not found");
-        if (a.status === 409) {
+        if (a.status === 409 || (a.status === 500 && isStateConflictText(errorText(a)))) {
           const now = await get(id, key, deadline, signal);
           if (now?.state === "running") return now;
           if (now?.state === "starting") return awaitRunning();
@@ -188,7 +195,8 @@ export function createHatchClient(opts: HatchClientOptions): VmPlatform {
         const a = await call("POST", `${vmPath}/${action}`, key, deadline, callOpts?.signal);
         if (a.status === 401) throw unexpected(a, `POST ${vmPath}/${action}`, key);
         if (a.status === 404) throw new SleepError("not_found", "vm not found");
-        if (a.status === 409) throw new SleepError("conflict", scrubKey(errorText(a) || `${action} refused (409)`, key));
+        if (a.status === 409 || (a.status === 500 && isStateConflictText(errorText(a)))) throw new SleepError("conflict", scrubKey(errorText(a) || `${action} refused (409)`, key));
+        if (a.status === 403 && /^snapshot limit reached/.test(errorText(a))) throw new SleepError("limit", errorText(a));
         if (a.status < 200 || a.status >= 300) throw new SleepError("failed", scrubKey(`failed to ${action} vm: ${errorText(a) || `answered ${a.status}`}`, key));
         // A snapshot answers with the snapshot object, stop with the VM: read the VM either way.
         const vm = await get(id, key, deadline, callOpts?.signal);

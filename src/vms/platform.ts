@@ -7,7 +7,8 @@ export type VmState = (typeof VM_STATES)[number];
 export interface Vm {
   id: string;
   state: VmState;
-  guest_ip: string;
+  /** Absent for a VM made without a network (`enable_network: false`): it cannot be routed to. */
+  guest_ip?: string;
   image_id?: string;
   vcpu_count?: number;
   mem_mib?: number;
@@ -48,15 +49,29 @@ export interface VmPlatform {
    * VM in its new state. Throws SleepError (or PlatformUnavailableError when the platform cannot be asked).
    */
   sleep(id: string, action: SleepAction, opts?: CallOptions & { timeoutMs?: number }): Promise<Vm>;
+  /** Whether a stopped VM can be started again (Hatch has no start call; the simulator has one unless told otherwise). */
+  canStart?(): Promise<boolean>;
+}
+
+/**
+ * Hatch answers a state conflict with a 500 and Go's text (`vm must be running to snapshot (current
+ * state: stopped)`): such an answer is a conflict, not a failure of the platform.
+ */
+export function isStateConflictText(text: string): boolean {
+  return /^vm must be [a-z ]+ to [a-z]+ \(current state: [a-z]+\)$/.test(text);
 }
 
 /** How a VM is put to sleep (HATCH_IDLE_ACTION). */
 export type SleepAction = "snapshot" | "stop";
 
-/** A sleep the platform refused or failed: `not_found`, `conflict` (not running), `failed`, `timeout`. */
+/**
+ * A sleep the platform refused or failed: `not_found`, `conflict` (not running), `limit` (the VM has
+ * as many snapshots as the platform keeps: Hatch's 403 `snapshot limit reached (10/10)`), `failed`,
+ * `timeout`.
+ */
 export class SleepError extends Error {
   constructor(
-    readonly reason: "not_found" | "conflict" | "failed" | "timeout",
+    readonly reason: "not_found" | "conflict" | "limit" | "failed" | "timeout",
     message: string,
     options?: { cause?: unknown },
   ) {

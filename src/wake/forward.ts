@@ -15,6 +15,8 @@ export type ForwardResult =
   | { ok: true; status: number }
   /** The connection was refused: no byte reached the VM and a live request body is still unread. */
   | { ok: false; reason: "refused" }
+  /** No route to the guest (its link is gone: a sleeping VM on Hatch's bridge), before anything was sent. */
+  | { ok: false; reason: "unreachable"; code: string }
   /** The connection dropped before any response; `reused` = on a kept-alive socket (the VM may have closed it). */
   | { ok: false; reason: "reset"; reused: boolean }
   | { ok: false; reason: "timeout"; phase: "connect" | "response" }
@@ -63,6 +65,9 @@ function withBodyFraming(headers: string[], req: IncomingMessage, body: Buffer |
   if (req.headers["transfer-encoding"] !== undefined) return [...headers, "Transfer-Encoding", "chunked"];
   return headers;
 }
+
+/** Connect errors that mean the guest cannot be reached at all (no ARP answer, no route). */
+const UNREACHABLE = new Set(["EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "ETIMEDOUT"]);
 
 /**
  * Sends `req` to `target` and relays the response into `res`. The live request body is only read
@@ -124,6 +129,7 @@ export function forwardRequest(req: IncomingMessage, res: ServerResponse, target
       }
       if (err instanceof ForwardTimeout) finish({ ok: false, reason: "timeout", phase: err.phase });
       else if (!connected && err.code === "ECONNREFUSED") finish({ ok: false, reason: "refused" });
+      else if (!connected && UNREACHABLE.has(err.code ?? "")) finish({ ok: false, reason: "unreachable", code: err.code! });
       else if (err.code === "ECONNRESET" || err.code === "EPIPE") finish({ ok: false, reason: "reset", reused: up.reusedSocket });
       else finish({ ok: false, reason: "error", error: err });
     });
@@ -148,6 +154,7 @@ export function forwardRequest(req: IncomingMessage, res: ServerResponse, target
 export type UpgradeResult =
   | { ok: true; status: number }
   | { ok: false; reason: "refused" }
+  | { ok: false; reason: "unreachable"; code: string }
   | { ok: false; reason: "reset" }
   | { ok: false; reason: "timeout"; phase: "connect" | "response" }
   | { ok: false; reason: "client-gone" }
@@ -202,6 +209,7 @@ export function forwardUpgrade(
     up.on("error", (err: NodeJS.ErrnoException) => {
       if (err instanceof ForwardTimeout) finish({ ok: false, reason: "timeout", phase: err.phase });
       else if (!connected && err.code === "ECONNREFUSED") finish({ ok: false, reason: "refused" });
+      else if (!connected && UNREACHABLE.has(err.code ?? "")) finish({ ok: false, reason: "unreachable", code: err.code! });
       else if (err.code === "ECONNRESET" || err.code === "EPIPE") finish({ ok: false, reason: "reset" });
       else finish({ ok: false, reason: "error", error: err });
     });

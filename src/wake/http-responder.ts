@@ -55,9 +55,9 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     sendFailure(res, { status: 503, error: "route API unavailable", headers: { "retry-after": "1" } });
   }
 
-  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean): Promise<void> {
+  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean, deadline = Date.now() + config.wakeTimeoutMs): Promise<void> {
     const port = d.route.targetPort;
-    const target: Target = { host: d.vm.guest_ip, port };
+    const target: Target = { host: d.vm.guest_ip!, port };
     const started = performance.now();
     if (!retried) tracked(res, d.route.vmId);
     const r = await forwardRequest(req, res, target, {
@@ -69,16 +69,21 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     if (r.ok) return countForwarded(req, d.vm, d.subdomain, r.status, started);
     if (r.reason === "reset" && r.reused && !retried && hasNoBody(req) && isIdempotent(req.method)) {
       // A kept-alive socket the VM had closed (it may have just gone to sleep): one fresh try.
-      return forwardRunning(req, res, d, true);
+      return forwardRunning(req, res, d, true, deadline);
     }
-    if (r.reason !== "refused" && r.reason !== "reset") return sendForwardFailure(res, r, port);
+    // Nothing reached the VM: no route to it, or no answer to the connect in time.
+    const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
+    if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
-    // The cached state said running but nothing listens: the lifecycle asks what the VM really is.
-    const next = await lifecycle.whenRefused(d.route);
+    if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
+    // The cached state said running but the VM did not take it: the lifecycle asks what it really is.
+    const next = await lifecycle.whenNotReached(d.route, unreachable ? "unreachable" : "refused");
     if (next.kind === "fail") return sendFailure(res, next.failure);
     if (next.kind === "app") return sendForwardFailure(res, r, port);
+    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, true, deadline);
     return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
+
 
   async function wakeAndForward(req: IncomingMessage, res: ServerResponse, d: Routed, waitStart: number): Promise<void> {
     const declared = declaredLength(req);
@@ -139,7 +144,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
 
   async function replay(req: IncomingMessage, res: ServerResponse, d: Routed, vm: Vm, body: Buffer, deadline: number, waitStart: number): Promise<void> {
     const port = d.route.targetPort;
-    const target: Target = { host: vm.guest_ip, port };
+    const target: Target = { host: vm.guest_ip!, port };
     const headers = ctx.headersFor(req);
     for (let attempt = 0; ; attempt++) {
       const extra = coldList(waitStart);
@@ -152,8 +157,9 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
         responseTimeoutMs: config.wakeTimeoutMs,
       });
       if (r.ok) return countForwarded(req, vm, d.subdomain, r.status, waitStart);
-      // Only a refused connection is retried: no byte reached the VM, so nothing can run twice.
-      const again = r.reason === "refused" || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
+      // Only a connection that never carried a byte is retried (refused, or not reached), so nothing runs twice.
+      const notReached = r.reason === "refused" || r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
+      const again = notReached || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
       if (!again || Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) {
         return sendForwardFailure(res, r, port, coldHeaders(waitStart));
       }

@@ -13,6 +13,7 @@ import type { WakeMetrics } from "../lifecycle/metrics.ts";
 /** A request whose Host named a route, with the VM as last known (refreshed for a fallback). */
 export interface Routed {
   route: RouteRow;
+  /** Always one with a `guest_ip`: the resolver and the wake flight refuse VMs without a network. */
   vm: Vm;
   subdomain: string;
   /** Traefik's errors middleware re-asked for a GET its direct router failed (the VM may be asleep). */
@@ -52,6 +53,8 @@ export function forwardFailure(ctx: ResponderDeps, r: Exclude<ForwardResult | Up
   switch (r.reason) {
     case "refused":
       return { status: 502, error: `vm port ${port} refused the connection` };
+    case "unreachable":
+      return { status: 502, error: `vm port ${port} could not be reached (${r.code})` };
     case "reset":
       return { status: 502, error: `vm port ${port} closed the connection before answering` };
     case "timeout":

@@ -31,6 +31,12 @@ export interface WakeDeps {
   lifecycle?: VmLifecycle | undefined;
 }
 
+/**
+ * How long a connect to a VM may take before it is tried again (a VM that is not reached is asked
+ * about and retried until the wake timeout): past one SYN retransmit, short of an ARP failure.
+ */
+export const VM_CONNECT_TIMEOUT_MS = 1500;
+
 export interface WakeProxyOptions {
   /** Serving HATCH_PROXY_ADDR directly (no Traefik in front): no wake secret, X-Forwarded-* not trusted. */
   embedded: boolean;
@@ -79,7 +85,7 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
     lifecycle,
     metrics: lifecycle.metrics,
     agent,
-    connectTimeoutMs: opts.connectTimeoutMs ?? 5000,
+    connectTimeoutMs: opts.connectTimeoutMs ?? VM_CONNECT_TIMEOUT_MS,
     headersFor: (req, upgrade = false) => upstreamRequestHeaders(req, { trustForwarded: !opts.embedded, upgrade }),
     tunnels,
     get closed() {

@@ -8,7 +8,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Config } from "../config.ts";
 import type { RouteRow } from "../db/schema.ts";
-import { SHUTTING_DOWN } from "../lifecycle/failure.ts";
+import { NO_NETWORK, SHUTTING_DOWN } from "../lifecycle/failure.ts";
 import type { VmLifecycle } from "../lifecycle/vm-lifecycle.ts";
 import { FALLBACK_PATH } from "../traefik/config-builder.ts";
 import type { Logger } from "../log.ts";
@@ -90,6 +90,9 @@ export function createResolver(deps: ResolverDeps): (req: IncomingMessage) => Pr
       }
     }
     if (!vm) return { kind: "fail", failure: { status: 502, error: "vm not found" } };
+    if (!vm.guest_ip) return { kind: "fail", failure: NO_NETWORK };
+    const conflict = lifecycle.addresses.check(vm);
+    if (conflict) return { kind: "fail", failure: conflict };
     // A simulated VM lives on a host loopback address: a port it does not serve is the host's.
     if (!servesPort(vm, route.targetPort)) return { kind: "fail", failure: { status: 502, error: `vm port ${route.targetPort} refused the connection` } };
     return { kind: "routed", route, vm, subdomain: sub, fallback: fallbackPath !== undefined };

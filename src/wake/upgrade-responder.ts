@@ -53,7 +53,7 @@ export function createUpgradeResponder(ctx: ResponderDeps): (req: IncomingMessag
       const port = route.targetPort;
       // Counted open from the handshake on: a drain must not snapshot a VM mid-handshake either.
       const release = lifecycle.track(route.vmId);
-      const u = await forwardUpgrade(req, socket, head, { host: vm.guest_ip, port }, {
+      const u = await forwardUpgrade(req, socket, head, { host: vm.guest_ip!, port }, {
         headers: ctx.headersFor(req, true),
         extraResponseHeaders: extra,
         connectTimeoutMs: ctx.connectTimeoutMs,
@@ -75,18 +75,21 @@ export function createUpgradeResponder(ctx: ResponderDeps): (req: IncomingMessag
         metrics.request(CLIENT_GONE);
         return;
       }
-      if (u.reason !== "refused") return rawFailure(socket, forwardFailure(ctx, u, port), extra);
-      if (extra) {
-        // Refused right after readiness: retry within the wake's deadline.
+      const unreachable = u.reason === "unreachable" || (u.reason === "timeout" && u.phase === "connect");
+      if (u.reason !== "refused" && !unreachable) return rawFailure(socket, forwardFailure(ctx, u, port), extra);
+      if (extra || unreachable) {
+        // Not reached right after readiness, or a guest that does not answer yet: retry within the deadline.
         if (Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) return rawFailure(socket, forwardFailure(ctx, u, port), extra);
-        await new Promise((res) => setTimeout(res, REPLAY_RETRY_MS));
-        continue;
+        if (extra) {
+          await new Promise((res) => setTimeout(res, REPLAY_RETRY_MS));
+          continue;
+        }
       }
-      if (attempt > 0) return rawFailure(socket, forwardFailure(ctx, u, port));
-      // The cached state said running but nothing listens: the lifecycle asks what the VM really is.
-      const next = await lifecycle.whenRefused(route);
+      if (attempt > 0 && !unreachable) return rawFailure(socket, forwardFailure(ctx, u, port));
+      // The cached state said running but the VM did not take it: the lifecycle asks what it really is.
+      const next = await lifecycle.whenNotReached(route, unreachable ? "unreachable" : "refused");
       if (next.kind === "app") return rawFailure(socket, forwardFailure(ctx, u, port));
-      decision = next.kind === "fail" ? next : { kind: "hold" };
+      decision = next.kind === "fail" ? next : next.kind === "retry" ? { kind: "forward", vm: next.vm } : { kind: "hold" };
       waitStart = performance.now();
     }
   }

@@ -3,11 +3,19 @@ import { Hono, type Context } from "hono";
 import type { SimulatorCore } from "./core.ts";
 import { SimulatorError, type CreateVmInput } from "./types.ts";
 
-const CREATE_FIELDS = new Set(["guest_ports", "restore_ms"]);
+/** Sent on every answer of the simulator's API: `start` when it serves a start call, else `hatch`. */
+export const SIMULATOR_HEADER = "x-hatch-simulator";
+
+const CREATE_FIELDS = new Set(["guest_ports", "restore_ms", "enable_network"]);
 
 /** Builds the Hono app; every answer is JSON, errors as `{"error": "..."}`. */
 export function createSimulatorApi(core: SimulatorCore): Hono {
   const app = new Hono();
+  // Tells a client it talks to the simulator, and what it can do that Hatch cannot (start a stopped VM).
+  app.use(async (c, next) => {
+    await next();
+    c.header(SIMULATOR_HEADER, core.canStart ? "start" : "hatch");
+  });
   /** Who the request acts for, from its API key (Bearer or X-API-Key); undefined = unscoped. */
   function callerOf(c: Context): string | undefined {
     const auth = c.req.header("authorization");
@@ -45,7 +53,8 @@ export function createSimulatorApi(core: SimulatorCore): Hono {
   route("POST", "/vms/:id/stop", async (c) => c.json(await core.stop(c.req.param("id")!, callerOf(c))));
   route("POST", "/vms/:id/start", async (c) => c.json(await core.start(c.req.param("id")!, callerOf(c))));
   route("POST", "/vms/:id/restore", async (c) => c.json(await core.restore(c.req.param("id")!, callerOf(c))));
-  route("POST", "/vms/:id/snapshot", async (c) => c.json((await core.takeSnapshot(c.req.param("id")!, callerOf(c))).snapshot, 201));
+  // The request's signal: a client that leaves mid-snapshot cancels it, as on Hatch.
+  route("POST", "/vms/:id/snapshot", async (c) => c.json((await core.takeSnapshot(c.req.param("id")!, callerOf(c), c.req.raw.signal)).snapshot, 201));
   route("GET", "/vms/:id/snapshots", (c) => c.json(core.listSnapshots(c.req.param("id")!, callerOf(c))));
   route("GET", "/vms/:id/metrics", (c) => c.json(core.metrics(c.req.param("id")!, callerOf(c))));
   route("POST", "/vms/:id/exec", (c) => {

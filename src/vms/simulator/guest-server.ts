@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { Socket } from "node:net";
+import type { Server as NetServer, Socket } from "node:net";
 import { WebSocketServer } from "ws";
 
 export interface GuestIdentity {
@@ -90,12 +90,13 @@ export class GuestTraffic {
 
 /**
  * Opens one server per port on `ip`; all or nothing (a failed bind closes the ones already open).
- * Every request and connection is recorded in `traffic`.
+ * Every request and connection is recorded in `traffic`. With `listening` (port → a server already
+ * listening, e.g. inside the VM's own network namespace), each port is served on that instead.
  */
-export async function openGuestServers(id: GuestIdentity, ports: readonly number[], traffic: GuestTraffic): Promise<GuestServers> {
+export async function openGuestServers(id: GuestIdentity, ports: readonly number[], traffic: GuestTraffic, listening?: ReadonlyMap<number, NetServer>): Promise<GuestServers> {
   const opened: GuestServer[] = [];
   try {
-    for (const port of ports) opened.push(await openGuestServer(id, port, traffic));
+    for (const port of ports) opened.push(await openGuestServer(id, port, traffic, listening?.get(port)));
   } catch (err) {
     await Promise.all(opened.map((s) => s.close()));
     throw err;
@@ -107,7 +108,7 @@ interface GuestServer {
   close(): Promise<void>;
 }
 
-async function openGuestServer(id: GuestIdentity, port: number, traffic: GuestTraffic): Promise<GuestServer> {
+async function openGuestServer(id: GuestIdentity, port: number, traffic: GuestTraffic, listening: NetServer | undefined): Promise<GuestServer> {
   // Every socket is tracked, upgraded WebSockets included, because a sleeping VM must drop
   // established connections too, not only stop accepting new ones.
   const sockets = new Set<Socket>();
@@ -138,10 +139,12 @@ async function openGuestServer(id: GuestIdentity, port: number, traffic: GuestTr
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen({ host: id.ip, port, exclusive: true }, () => {
+    const ready = () => {
       server.off("error", reject);
       resolve();
-    });
+    };
+    if (listening) server.listen(listening, ready);
+    else server.listen({ host: id.ip, port, exclusive: true }, ready);
   });
   return {
     close: () =>

@@ -9,7 +9,7 @@ import { listen } from "../../listen.ts";
 import { silentLogger, type Logger } from "../../log.ts";
 import type { VmPlatform } from "../platform.ts";
 import { createSimulatorApi } from "./api.ts";
-import { createSimulatorCore } from "./core.ts";
+import { createSimulatorCore, type CoreOptions } from "./core.ts";
 import type { CreateVmInput, SimMetrics, SimSnapshot, SimVm } from "./types.ts";
 import { createSimulatorPlatform } from "./platform.ts";
 
@@ -29,6 +29,13 @@ export interface SimulatorOptions {
   onChange?: (() => void) | undefined;
   /** HATCH_SIM_USERS (API key → user): every call then needs a key, and VMs belong to users, as on Hatch. */
   users?: ReadonlyMap<string, string> | undefined;
+  /** Hatch's network and quirks (see CoreOptions). */
+  network?: CoreOptions["network"];
+  subnet?: string | undefined;
+  snapshotMs?: number | undefined;
+  snapshotLimit?: number | undefined;
+  reuseIps?: boolean | undefined;
+  canStart?: boolean | undefined;
 }
 
 export interface Simulator {
@@ -79,6 +86,12 @@ export async function createSimulator(opts: SimulatorOptions = {}): Promise<Simu
     log,
     onChange: opts.onChange,
     users: opts.users,
+    network: opts.network,
+    subnet: opts.subnet,
+    snapshotMs: opts.snapshotMs,
+    snapshotLimit: opts.snapshotLimit,
+    reuseIps: opts.reuseIps,
+    canStart: opts.canStart,
   });
   const app = createSimulatorApi(core);
   const platform = createSimulatorPlatform(core);

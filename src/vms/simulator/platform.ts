@@ -1,5 +1,5 @@
 /** The simulator as an in-process VmPlatform (no HTTP hop), with the same scoping as its REST API. */
-import { CredentialRejectedError, SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
+import { CredentialRejectedError, isStateConflictText, SleepError, WakeError, type CallOptions, type VmPlatform } from "../platform.ts";
 import type { SimulatorCore } from "./core.ts";
 import { SimulatorError, type SimVm } from "./types.ts";
 
@@ -31,6 +31,7 @@ export function createSimulatorPlatform(core: SimulatorCore, serviceKey?: string
         return core.restore(id, caller);
       }
       case "stopped":
+        if (!core.canStart) throw new WakeError("unsupported", "cannot start a stopped VM on this platform");
         return core.start(id, caller);
       default:
         return core.restore(id, caller);
@@ -39,6 +40,7 @@ export function createSimulatorPlatform(core: SimulatorCore, serviceKey?: string
 
   return {
     kind: "simulator",
+    canStart: async () => core.canStart,
     async get(id, opts) {
       return core.getVm(id, callerOf(opts));
     },
@@ -94,7 +96,8 @@ export function createSimulatorPlatform(core: SimulatorCore, serviceKey?: string
       } catch (err) {
         if (err instanceof SimulatorError) {
           if (err.status === 404) throw new SleepError("not_found", "vm not found", { cause: err });
-          if (err.status === 409) throw new SleepError("conflict", err.message, { cause: err });
+          if (err.status === 409 || (err.status === 500 && isStateConflictText(err.message))) throw new SleepError("conflict", err.message, { cause: err });
+          if (err.status === 403) throw new SleepError("limit", err.message, { cause: err });
           throw new SleepError("failed", `failed to ${action} vm: ${err.message}`, { cause: err });
         }
         throw err;
@@ -107,7 +110,7 @@ function toWakeError(err: unknown): WakeError {
   if (err instanceof WakeError) return err;
   if (err instanceof SimulatorError) {
     if (err.status === 404) return new WakeError("not_found", "vm not found", { cause: err });
-    if (err.status === 409) return new WakeError("conflict", err.message, { cause: err });
+    if (err.status === 409 || (err.status === 500 && isStateConflictText(err.message))) return new WakeError("conflict", err.message, { cause: err });
     return new WakeError("failed", `failed to wake vm: ${err.message}`, { cause: err });
   }
   return new WakeError("failed", `failed to wake vm: ${(err as Error)?.message ?? String(err)}`, { cause: err });

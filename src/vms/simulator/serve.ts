@@ -25,6 +25,12 @@ export async function serveSimulator(
       restoreMs: config.simRestoreMs,
       stateFile: join(config.dataDir, "simulator.json"),
       users: config.simUsers,
+      network: config.simNetwork,
+      subnet: config.simSubnet,
+      snapshotMs: config.simSnapshotMs,
+      snapshotLimit: config.simSnapshotLimit,
+      reuseIps: config.simReuseIps,
+      canStart: config.simStart,
       log,
       ...(opts.onChange && { onChange: opts.onChange }),
     });

@@ -17,14 +17,23 @@ export class SimWakes {
   constructor(
     private readonly store: VmStore,
     private readonly net: GuestNetwork,
-    private readonly opts: { restoreMs: number; log: Logger },
+    private readonly opts: {
+      restoreMs: number;
+      log: Logger;
+      /**
+       * Restore as Hatch does: the VM stays `snapshotted` until it is `running`, and nothing stops a
+       * second restore meanwhile (it runs too, and its link replaces the first one's).
+       */
+      hatchRestore?: boolean | undefined;
+    },
   ) {}
 
   /** Restore (from snapshotted) or start (from stopped), with Hatch's 409 text for any other state. */
   from(id: string, caller: string | undefined, from: VmState, kind: "restore" | "start"): Promise<SimVm> {
     try {
       const e = this.store.find(id, caller);
-      if (e.rec.state !== from) throw new SimulatorError(409, `vm must be ${from} to ${kind} (current state: ${e.rec.state})`);
+      // Hatch answers a state conflict with a 500 and Go's text.
+      if (e.rec.state !== from) throw new SimulatorError(500, `vm must be ${from} to ${kind} (current state: ${e.rec.state})`);
       return this.begin(e, kind);
     } catch (err) {
       return Promise.reject(err);
@@ -35,9 +44,12 @@ export class SimWakes {
   begin(e: Entry, kind: "restore" | "start"): Promise<SimVm> {
     const { store } = this;
     const from = e.rec.state;
-    e.rec.prev_state = from;
-    store.touch(e, "starting");
-    store.save();
+    const hatchOrder = kind === "restore" && this.opts.hatchRestore === true;
+    if (!hatchOrder) {
+      e.rec.prev_state = from;
+      store.touch(e, "starting");
+      store.save();
+    }
     const generation = e.generation;
     const lost = () => store.closed || store.entries.get(e.rec.id) !== e || e.generation !== generation;
     const run = async (): Promise<SimVm> => {
@@ -56,6 +68,8 @@ export class SimWakes {
         throw fail("injected failure");
       }
       try {
+        // A restore that finishes second replaces the first one's guest (Hatch: it deletes its tap).
+        if (e.servers) await this.net.close(e);
         await this.net.open(e);
       } catch (err) {
         if (lost()) throw new SimulatorError(404, "not found");

@@ -17,9 +17,10 @@ export const StoredVmSchema = v.object({
   state: v.picklist(VM_STATES),
   vcpu_count: v.number(),
   mem_mib: v.number(),
-  guest_ip: v.string(),
-  guest_mac: v.string(),
-  ssh_port: v.number(),
+  /** Absent for a VM made with enable_network: false, as on Hatch. */
+  guest_ip: v.optional(v.string()),
+  guest_mac: v.optional(v.string()),
+  ssh_port: v.optional(v.number()),
   enable_network: v.boolean(),
   created_at: v.string(),
   updated_at: v.string(),

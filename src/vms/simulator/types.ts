@@ -10,9 +10,10 @@ export interface SimVm extends Vm {
   state: VmState;
   vcpu_count: number;
   mem_mib: number;
-  guest_ip: string;
-  guest_mac: string;
-  ssh_port: number;
+  /** Absent when the VM was made with enable_network: false (as on Hatch). */
+  guest_ip?: string;
+  guest_mac?: string;
+  ssh_port?: number;
   enable_network: boolean;
   created_at: string;
   updated_at: string;
@@ -54,6 +55,8 @@ export interface CreateVmInput {
   owner?: string | undefined;
   /** Convenience: the owner's API key, stored as ownerOfKey(ownerKey). */
   ownerKey?: string | undefined;
+  /** false: a VM without a network (no guest_ip, guest_mac or ssh_port), as Hatch makes it. Default true. */
+  enable_network?: boolean | undefined;
 }
 
 /** An answer the simulator gives with an HTTP status (Hatch's texts). */

@@ -18,6 +18,8 @@ export interface Entry {
   traffic: GuestTraffic;
   /** performance.now() when the guest servers last opened; undefined while they are closed. */
   bootedAt: number | undefined;
+  /** A snapshot is pausing the VM (bridge network): a second one is refused meanwhile. */
+  snapshotting: boolean;
 }
 
 export const newEntry = (rec: StoredVm): Entry => ({
@@ -29,6 +31,7 @@ export const newEntry = (rec: StoredVm): Entry => ({
   generation: 0,
   traffic: new GuestTraffic(),
   bootedAt: undefined,
+  snapshotting: false,
 });
 
 export const DEFAULT_GUEST_PORTS = [8080];
@@ -63,6 +66,7 @@ export function checkCreateInput(input: CreateVmInput): void {
   if (ms !== undefined && !(Number.isInteger(ms) && ms >= 0 && ms <= MAX_RESTORE_MS)) {
     throw new SimulatorError(400, `restore_ms must be an integer between 0 and ${MAX_RESTORE_MS}`);
   }
+  if (input.enable_network !== undefined && typeof input.enable_network !== "boolean") throw new SimulatorError(400, "enable_network must be true or false");
   if (input.id !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(input.id)) {
     throw new SimulatorError(400, "id must be 1 to 64 letters, digits, hyphens or underscores");
   }
@@ -93,20 +97,25 @@ export function metricsOf(e: Entry): SimMetrics {
 }
 
 
-/** The record of a new VM (state `starting` until its servers are up), with Hatch's fields derived from its address. */
-export function newRecord(id: string, ip: string, input: CreateVmInput, owner: string | null): StoredVm {
-  const octets = ip.split(".").map(Number);
+/** The record of a new VM (state `starting` until its servers are up); `ip` undefined: made without a network, so no address, MAC or SSH port, as on Hatch. */
+export function newRecord(id: string, ip: string | undefined, input: CreateVmInput, owner: string | null): StoredVm {
   const stamp = now();
+  const octets = ip?.split(".").map(Number);
+  const network = octets
+    ? {
+        guest_ip: ip,
+        guest_mac: "06:00:" + octets.map((o) => o.toString(16).padStart(2, "0")).join(":"),
+        ssh_port: 20_000 + (octets[2]! % 100) * 256 + octets[3]!,
+      }
+    : {};
   return {
     id,
     image_id: "sim",
     state: "starting",
     vcpu_count: 1,
     mem_mib: 256,
-    guest_ip: ip,
-    guest_mac: "06:00:" + octets.map((o) => o.toString(16).padStart(2, "0")).join(":"),
-    ssh_port: 20_000 + (octets[2]! % 100) * 256 + octets[3]!,
-    enable_network: true,
+    ...network,
+    enable_network: ip !== undefined,
     created_at: stamp,
     updated_at: stamp,
     guest_ports: [...(input.guest_ports ?? DEFAULT_GUEST_PORTS)],

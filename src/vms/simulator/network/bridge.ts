@@ -104,6 +104,11 @@ export class BridgeNetwork {
     this.pool.release(ip);
   }
 
+  /** The lowest guest address no VM in `inUse` holds, even one another (sleeping) VM keeps (HATCH_SIM_REUSE_IPS). */
+  reuse(inUse: ReadonlySet<string>): string {
+    return this.pool.lowestOutside(inUse);
+  }
+
   /** The VM's link as the network sees it, or undefined when it is not attached. */
   describe(vmId: string): GuestLinkInfo | undefined {
     const g = this.guests.get(vmId);

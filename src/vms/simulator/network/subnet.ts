@@ -95,4 +95,18 @@ export class GuestAddressPool {
   release(ip: string): void {
     if (this.subnet.contains(ip)) this.held.delete(ipToInt(ip));
   }
+
+  /**
+   * The lowest guest address outside `inUse`, held whether or not it already was: Hatch after a
+   * hatchd restart, whose allocator forgets the addresses snapshotted VMs keep (HATCH_SIM_REUSE_IPS).
+   */
+  lowestOutside(inUse: ReadonlySet<string>): string {
+    for (let n = this.subnet.firstGuest; n <= this.subnet.lastGuest; n++) {
+      const ip = intToIp(n);
+      if (inUse.has(ip)) continue;
+      this.held.add(n);
+      return ip;
+    }
+    throw new Error(`no free guest address left in ${this.subnet.cidr}`);
+  }
 }
