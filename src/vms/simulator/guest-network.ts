@@ -102,6 +102,9 @@ export class LoopbackNetwork implements GuestNetwork {
   }
 }
 
+/** Bridges made by this process so far: the next one is named after the count. */
+let bridgesMade = 0;
+
 /** VMs in network namespaces of their own on a bridge (Hatch's network); see network/bridge.ts. */
 export class BridgeGuestNetwork implements GuestNetwork {
   readonly kind = "bridge" as const;
@@ -110,9 +113,13 @@ export class BridgeGuestNetwork implements GuestNetwork {
 
   private constructor(private readonly bridge: BridgeNetwork) {}
 
-  /** Makes the bridge, or refuses unless this network namespace holds nothing but lo (see BridgeNetwork.create). */
+  /**
+   * Makes the bridge, or refuses unless this network namespace holds nothing but lo (see
+   * BridgeNetwork.create). Simulators of one process (tests) each get a bridge of their own.
+   */
   static async create(subnet: string, log: Logger): Promise<BridgeGuestNetwork> {
-    return new BridgeGuestNetwork(await BridgeNetwork.create({ subnet, log }));
+    const bridgeName = `hsbr${bridgesMade++ % 100}`;
+    return new BridgeGuestNetwork(await BridgeNetwork.create({ subnet, log, bridgeName }));
   }
 
   async allocate(reuseOutside?: ReadonlySet<string>): Promise<string> {
