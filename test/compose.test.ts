@@ -436,27 +436,42 @@ describe("Dockerfile", () => {
   const text = read("Dockerfile");
   const ignored = read(".dockerignore").split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
 
-  it("builds a multi-stage, non-root, production-only image whose entry point is the CLI", () => {
+  it("builds a multi-stage, non-root, production-only image whose entry point is the build", () => {
     const froms = [...text.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1]);
     expect(froms.length).toBeGreaterThanOrEqual(2);
     for (const from of froms) expect(from).toBe("node:20-bookworm-slim");
     expect(text).toMatch(/^RUN npm ci --omit=dev\b/m);
+    expect(text).toMatch(/^RUN npm run build$/m);
     const users = [...text.matchAll(/^USER\s+(\S+)/gm)].map((m) => m[1]);
     expect(users.at(-1)).toBe("node");
-    expect(text).toMatch(/^ENTRYPOINT \["node", "bin\/hatch-proxy\.js"\]$/m);
+    expect(text).toMatch(/^ENTRYPOINT \["node", "dist\/main\.js"\]$/m);
     expect(text).not.toMatch(/^HEALTHCHECK/m);
-    // tsx runs the TypeScript at run time, so it must be a production dependency.
-    expect(Object.keys(JSON.parse(read("package.json")).dependencies)).toContain("tsx");
+    // The final stage runs the build on plain node: tsx and TypeScript are development tools.
+    const deps = Object.keys(JSON.parse(read("package.json")).dependencies);
+    expect(deps).not.toContain("tsx");
+    expect(deps).not.toContain("typescript");
   });
 
-  it("copies what the CLI needs, and .dockerignore excludes none of it", () => {
-    const copied = [...text.matchAll(/^COPY\s+(?!--from)(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
-    for (const path of ["package.json", "package-lock.json", "bin", "src", "drizzle", "traefik"]) {
-      expect(copied).toContain(path);
+  /** The COPY lines of the stage that starts at the last FROM (what the image ships). */
+  const finalStage = () => text.slice(text.lastIndexOf("\nFROM "));
+  const copiedIn = (stage: string) => [...stage.matchAll(/^COPY\s+(?!--from)(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
+
+  it("ships dist/ from the build stage with what the CLI reads at run time, and no sources", () => {
+    const final = finalStage();
+    expect(final).toMatch(/^COPY --from=build \/app\/dist \.\/dist$/m);
+    for (const path of ["package.json", "package-lock.json", "bin", "drizzle", "traefik"]) {
+      expect(copiedIn(final)).toContain(path);
       expect(existsSync(join(ROOT, path)), path).toBe(true);
       expect(ignored).not.toContain(path);
     }
-    expect(ignored).toEqual(expect.arrayContaining(["node_modules", "data", ".env", ".git"]));
+    expect(copiedIn(final)).not.toContain("src");
+    expect(final).not.toMatch(/COPY --from=build \/app\/(src|node_modules)/);
+    // The build stage reads the sources and the build's own files.
+    for (const path of ["src", "scripts", "tsconfig.json", "tsconfig.build.json"]) {
+      expect(copiedIn(text), path).toContain(path);
+      expect(ignored).not.toContain(path);
+    }
+    expect(ignored).toEqual(expect.arrayContaining(["node_modules", "dist", "data", ".env", ".git"]));
   });
 });
 

@@ -4,6 +4,7 @@ import type { GenericSchema } from "valibot";
 import type { Config } from "../config.ts";
 import { CreateRouteBody, DeletedSchema, ErrorSchema, RESERVED_SUBDOMAINS, RouteSchema, TEXT } from "./routes.schemas.ts";
 import { ActivitySchema, SleepBody } from "./vm-sleep.ts";
+import { VERSION } from "../version.ts";
 
 /**
  * The VM object the sleep endpoint answers with: the VM platform's own (Hatch's fields; the
@@ -52,7 +53,7 @@ export function buildOpenApiDocument(config: Config) {
     openapi: "3.1.0",
     info: {
       title: "hatch-proxy route API",
-      version: "0.1.0",
+      version: VERSION,
       description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps. Every other call of Hatch's API (\`/vms\`, \`/vms/{id}\`, its snapshot, restore, stop, snapshots, metrics, exec) is relayed to the VM platform with the caller's credentials, and documented by Hatch.`,
     },
     security: [{ bearer: [] }, { apiKey: [] }],

@@ -5,6 +5,7 @@
  * environment and the output streams come in as arguments.
  */
 import { parseArgs } from "node:util";
+import { PEOPLE_COMMANDS } from "./commands.ts";
 import { CliError, type ApiAnswer, type ApiTarget } from "./http-client.ts";
 import { ROUTE_SUBCOMMANDS } from "./routes-command.ts";
 import { SLEEP_SUBCOMMANDS } from "./sleep-command.ts";
@@ -12,7 +13,7 @@ import type { ApiName, OptionSpec, Printer, Subcommand } from "./subcommand.ts";
 import { routeApiTarget, UsageError, vmApiTarget } from "./targets.ts";
 import { VM_SUBCOMMANDS } from "./vms-command.ts";
 
-export const PEOPLE_COMMANDS = ["routes", "vms"] as const;
+export { PEOPLE_COMMANDS };
 export type PeopleCommand = (typeof PEOPLE_COMMANDS)[number];
 
 /** Where output goes: `out`/`err` receive one line at a time, newline included, to write as is (process.stdout.write). */
