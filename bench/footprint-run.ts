@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../test/helpers/env.ts";
 import { viaProxy } from "../test/helpers/front.ts";
-import { RssSampler } from "./process-tree.ts";
+import { RssSampler } from "../test/helpers/process-tree.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 

@@ -17,7 +17,7 @@ import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { cliStartTimes, launch, type Launched } from "./footprint-run.ts";
-import { mb } from "./process-tree.ts";
+import { mb } from "../test/helpers/process-tree.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const IDLE_MS = Number(process.env.FOOTPRINT_IDLE_S ?? 45) * 1000;

@@ -1,6 +1,7 @@
 /**
- * Resident memory of a process and every process under it, from /proc (Linux): what a user's
- * `npm start` costs the machine, whichever of its processes holds the memory.
+ * A process and every process under it, from /proc (Linux): which of them are alive, and their
+ * resident memory together (what a user's `npm start` costs the machine, whichever of its
+ * processes holds the memory). Used by the tests and by the footprint benchmark.
  */
 import { readdirSync, readFileSync } from "node:fs";
 
@@ -20,6 +21,16 @@ export function treePids(root: number): number[] {
   const pids = [root];
   for (let i = 0; i < pids.length; i++) pids.push(...(children.get(pids[i]!) ?? []));
   return pids;
+}
+
+/** True while `pid` runs (a zombie waiting to be reaped has stopped running). */
+export function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
 }
 
 /** The sum of VmRSS over the tree, in bytes (0 once it has exited). */
