@@ -130,7 +130,7 @@ async function printBanner(stack: Stack, config: Config, front: string, traefikA
     "",
     "Try it:",
     ...(stack.simulator ? [`  curl -s -X POST ${sim}/vms                    # a VM; note its "id"`] : []),
-    `  curl -s -H 'Authorization: Bearer ${key}' -d '{"subdomain":"${sub}","target_port":8080}' ${api}/vms/<id>/routes`,
+    `  curl -s -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' -d '{"subdomain":"${sub}","target_port":8080}' ${api}/vms/<id>/routes`,
     `  curl -s -H 'Host: ${sub}.${config.baseDomain}' http://127.0.0.1:${proxyPort}/`,
     "",
   ];
