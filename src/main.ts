@@ -73,8 +73,9 @@ async function main(argv: string[]): Promise<number> {
     }
     case "import-hatch": {
       const { runImportHatch } = await import("./cli/import-hatch.ts");
+      const { runningApiTarget } = await import("./cli/import-remote.ts");
       const { openConfiguredDatabase } = await import("./db/client.ts");
-      return runImportHatch(rest, () => openConfiguredDatabase(config), io);
+      return runImportHatch(rest, { open: () => openConfiguredDatabase(config), running: () => runningApiTarget(config.dataDir, process.env) }, io);
     }
     case "traefik-config": {
       const { printTraefikConfig } = await import("./traefik/print-config.ts");

@@ -14,6 +14,7 @@ import type { ReadinessCheck } from "./api/health.ts";
 import { createStaticKeyAuth, createVerifyAuth, type Authenticator } from "./api/auth.ts";
 import { addrToUrl, type Config, type ListenAddr } from "./config.ts";
 import { listen, type Listening } from "./listen.ts";
+import { recordApiUrl } from "./running-api.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
 import { lockDirectory } from "./db/data-dir-lock.ts";
 import { deleteRoutesOfVm } from "./db/routes.repo.ts";
@@ -230,6 +231,11 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
       });
       stack.api = await listenHono(app.fetch, config.httpAddr);
       closers.push(() => stack.api!.close());
+      // The embedded database is this process's alone: import-hatch finds the API here instead.
+      if (!config.databaseUrl) {
+        const forget = recordApiUrl(config.dataDir, stack.api.url);
+        closers.push(async () => forget());
+      }
       // First at shutdown: drains under way are cancelled rather than waited out.
       closers.push(async () => sleeper.close());
     }

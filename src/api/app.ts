@@ -12,6 +12,7 @@ import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
 import type { Authenticator, Principal } from "./auth.ts";
 import { CLIENT_CLOSED } from "./body.ts";
 import { registerHealthEndpoints, type ReadinessCheck } from "./health.ts";
+import { IMPORT_PATH, registerImportEndpoint } from "./import-endpoint.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
 import { registerSleepEndpoints, type SleepDeps } from "./vm-sleep.ts";
@@ -53,6 +54,7 @@ const ALLOWED: [RegExp, string[]][] = [
   [/^\/vms\/[^/]+\/activity\/?$/, ["GET"]],
   [/^\/(healthz|readyz|metrics|openapi\.json)$/, ["GET"]],
   [/^\/traefik\/config(\.yaml)?$/, ["GET"]],
+  [/^\/admin\/import-hatch$/, ["POST"]],
 ];
 
 /** Builds the route API from its dependencies (no globals: tests build it with their own). */
@@ -117,6 +119,8 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   app.on(["GET", "DELETE"], "/routes/:route_id", requireAuth);
 
   registerRouteEndpoints(app, deps);
+  app.post(IMPORT_PATH, requireAuth);
+  registerImportEndpoint(app, deps);
   if (deps.sleep) {
     app.post("/vms/:vm_id/sleep", requireAuth);
     app.get("/vms/:vm_id/activity", requireAuth);
