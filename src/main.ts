@@ -83,6 +83,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
   }
+  // From here on the command serves until a signal: a long-lived process, sized as a sidecar.
+  const { capYoungGeneration } = await import("./young-generation.ts");
+  capYoungGeneration();
   const { runUntilSignal } = await import("./signals.ts");
   switch (command) {
     case "sim":
