@@ -44,7 +44,7 @@ const autocannon = createRequire(import.meta.url)("autocannon") as (opts: Record
 
 const KEY = "bench-key";
 const VM_ID = "vm_bench";
-type Kind = "ours-postgres" | "ours-postgres-young-gen" | "ours-pglite" | "baseline-postgres" | "baseline-postgres-notify" | "baseline-pglite";
+type Kind = "ours-postgres" | "ours-pglite" | "baseline-postgres" | "baseline-postgres-notify" | "baseline-pglite";
 
 // ---------------------------------------------------------------- server side (child process)
 
@@ -79,9 +79,8 @@ function baselineApp(insert: (id: string, vmId: string, subdomain: string, port:
 }
 
 async function runServer(kind: Kind, url: string | undefined): Promise<void> {
-  // Ours runs as the product's service processes do (main.ts); the diagnostic row without the
-  // ceiling, on V8's default young generation, shows what it costs.
-  if (kind.startsWith("ours") && kind !== "ours-postgres-young-gen") capYoungGeneration();
+  // Ours runs as the product's service processes do (main.ts).
+  if (kind.startsWith("ours")) capYoungGeneration();
   let app: { fetch: (req: Request) => Response | Promise<Response> };
   let database: Database | undefined;
   let client: postgres.Sql | undefined;
@@ -102,7 +101,7 @@ async function runServer(kind: Kind, url: string | undefined): Promise<void> {
       return Array.isArray(res) ? res[0] : (res as { rows: unknown[] }).rows[0];
     });
   } else {
-    database = await openDatabase(kind === "ours-pglite" ? {} : { url: url! });
+    database = await openDatabase(kind === "ours-postgres" ? { url: url! } : {});
     app = createApp({
       config: testConfig(),
       database,
@@ -297,7 +296,6 @@ async function main(): Promise<void> {
       { name: "baseline: Hono + postgres.js INSERT", kind: "baseline-postgres", baseline: "" },
       { name: "(diagnostic) baseline + NOTIFY", kind: "baseline-postgres-notify", baseline: "baseline-postgres" },
       { name: "hatch-proxy API on Postgres", kind: "ours-postgres", baseline: "baseline-postgres" },
-      { name: "(diagnostic) ours, no young-gen. ceiling", kind: "ours-postgres-young-gen", baseline: "baseline-postgres" },
     );
   }
   plan.push(
