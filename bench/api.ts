@@ -27,6 +27,7 @@ import { createStaticKeyAuth } from "../src/api/auth.ts";
 import { testConfig } from "../src/config.ts";
 import { openDatabase, ROUTES_CHANNEL, type Database } from "../src/db/client.ts";
 import { silentLogger } from "../src/log.ts";
+import { capYoungGeneration } from "../src/young-generation.ts";
 import type { Vm, VmPlatform } from "../src/vms/platform.ts";
 import { staticDirectory } from "./directory.ts";
 
@@ -78,6 +79,8 @@ function baselineApp(insert: (id: string, vmId: string, subdomain: string, port:
 }
 
 async function runServer(kind: Kind, url: string | undefined): Promise<void> {
+  // Ours runs as the product's service processes do (main.ts).
+  if (kind.startsWith("ours")) capYoungGeneration();
   let app: { fetch: (req: Request) => Response | Promise<Response> };
   let database: Database | undefined;
   let client: postgres.Sql | undefined;

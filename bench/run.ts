@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
-const ALL = ["api", "traefik", "wake", "sleep"] as const;
+const ALL = ["api", "traefik", "wake", "sleep", "footprint"] as const;
 const wanted = process.argv.slice(2).filter((a) => !a.startsWith("-"));
 const unknown = wanted.filter((w) => !(ALL as readonly string[]).includes(w));
 if (unknown.length) {

@@ -29,6 +29,7 @@ import { testConfig } from "../src/config.ts";
 import { openDatabase } from "../src/db/client.ts";
 import { insertRoute } from "../src/db/routes.repo.ts";
 import { silentLogger } from "../src/log.ts";
+import { capYoungGeneration } from "../src/young-generation.ts";
 import type { Vm, VmDirectory, VmPlatform } from "../src/vms/platform.ts";
 import { staticDirectory } from "./directory.ts";
 import { createHatchClient } from "../src/vms/hatch-client.ts";
@@ -439,4 +440,8 @@ if (mode === "--guest") await guestMode();
 else if (mode === "--sim") await simMode();
 else if (mode === "--seq-client") await seqClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
 else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]), Number(process.argv[6]));
-else await main();
+else {
+  // The sidecar runs in this process, as the product's service processes run (main.ts).
+  capYoungGeneration();
+  await main();
+}

@@ -8,6 +8,7 @@ import type { ReadinessCheck } from "./api/deps.ts";
 import { configureAuth, type VerifyAuthenticator } from "./api/auth.ts";
 import { addrToUrl, type Config } from "./config.ts";
 import { listenHono, type Listening } from "./listen.ts";
+import { recordApiUrl } from "./running-api.ts";
 import { openConfiguredDatabase, type Database } from "./db/client.ts";
 import type { Logger } from "./log.ts";
 import { createConfigService, type ConfigService } from "./traefik/config-service.ts";
@@ -213,6 +214,11 @@ export async function startStack(config: Config, log: Logger, parts: StackParts)
       });
       stack.api = await listenHono(app.fetch, config.httpAddr);
       closers.push(() => stack.api!.close());
+      // The embedded database is this process's alone: import-hatch finds the API here instead.
+      if (!config.databaseUrl) {
+        const forget = recordApiUrl(config.dataDir, stack.api.url);
+        closers.push(async () => forget());
+      }
       // First at shutdown: drains under way are cancelled rather than waited out.
       closers.push(async () => sleeper.close());
     }

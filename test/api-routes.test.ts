@@ -76,14 +76,14 @@ describe.each(await dbKinds())("routes API on %s", (kind) => {
     expect(await count()).toBe(3);
   });
 
-  it("reads a body with no Content-Type, or curl -d's form type, as JSON", async () => {
+  it("reads a body with no Content-Type as JSON, and refuses curl -d's form type with a 415 saying how to send JSON", async () => {
     // A byte body (unlike a string) makes Request add no Content-Type, as a bare HTTP client sends.
     const bytes = new TextEncoder().encode('{"subdomain":"nocontent","target_port":80}');
     const plain = await app.request("/vms/vm_abc/routes", { method: "POST", headers: auth, body: bytes });
     expect(plain.headers.get("content-type")).toMatch(/json/);
     expect(plain.status).toBe(201);
     const form = await create('{"subdomain":"curl-d","target_port":80}', "vm_abc", { ...auth, "Content-Type": "application/x-www-form-urlencoded" });
-    expect(form.status).toBe(201);
+    await expectError(form, 415, `unsupported content type "application/x-www-form-urlencoded": send application/json (with curl -d, add -H 'Content-Type: application/json')`);
   });
 
   const bad: [string, unknown, number, string][] = [

@@ -102,6 +102,7 @@ function traefikFlags(service: any): Map<string, string> {
   return flags;
 }
 
+const isPrometheus = (s: any) => String(s?.image ?? "").startsWith("prom/prometheus:");
 const isLoopbackHost = (h: string | undefined) => !!h && (h === "localhost" || h === "::1" || /^127\./.test(h));
 
 interface Listener {
@@ -134,6 +135,8 @@ function listeners(doc: Doc): Listener[] {
         const addr = m && parseAddr(v);
         if (addr) out.push({ service: name, netns, addr });
       }
+    } else if (isPrometheus(s)) {
+      out.push({ service: name, netns, addr: parseAddr(traefikFlags(s).get("web.listen-address") ?? ":9090") ?? { host: undefined, port: 9090 } });
     }
   }
   return out;
@@ -240,11 +243,19 @@ function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames:
     return problems;
   }
 
-  const published = (traefik.ports ?? []).map((p: unknown) => Number(String(p).split(":").at(-1)));
+  // The public entry point is published to all; anything else only on the host's loopback, and
+  // only a port something in Traefik's namespace listens on (Prometheus' UI).
+  const ports: string[] = (traefik.ports ?? []).map(String);
+  const toPublic = ports.filter((p) => !p.startsWith("127.0.0.1:")).map((p) => Number(p.split(":").at(-1)));
   const entryPoint = (ep: string) => parseAddr(flags.get(`entrypoints.${ep.toLowerCase()}.address`) ?? "");
   for (const ep of apiConfig.traefikEntryPoints) need(entryPoint(ep), `traefik: has no entry point "${ep}" that the API's routers attach to`);
   const publicEp = entryPoint(apiConfig.traefikEntryPoints[0]!);
-  need(published.length === 1 && publicEp && published[0] === publicEp.port, `traefik: publishes container port(s) ${published} but its public entry point listens on ${publicEp?.port}`);
+  need(toPublic.length === 1 && publicEp && toPublic[0] === publicEp.port, `traefik: publishes container port(s) ${toPublic} but its public entry point listens on ${publicEp?.port}`);
+  for (const p of ports.filter((x) => x.startsWith("127.0.0.1:"))) {
+    const port = Number(p.split(":").at(-1));
+    const by = listeners(doc).find((l) => l.netns === traefikName && l.addr.port === port && l.service !== traefikName);
+    need(by, `traefik: publishes ${p} but nothing in its namespace listens on ${port}`);
+  }
 
   // The provider endpoint and its token.
   const endpoint = flags.get("providers.http.endpoint");
@@ -329,6 +340,30 @@ function checkCompose(doc: Doc, raw: Doc, composeVars: Set<string>, dotenvNames:
   need(mounts.some((m) => /^\.\/traefik:[^:]+:ro$/.test(m)), "traefik: the repo's traefik/ is not mounted read-only");
   need(!mounts.some((m) => /:\/etc\/traefik(\/|:|$)/.test(m)), "traefik: a mount at /etc/traefik makes Traefik load a file and ignore its flags");
 
+  // Prometheus (profile `monitoring`): the repo's prometheus/ mounted read-only, its rules there,
+  // and each job's target reaching the service it is named for.
+  const prom = names.find((n) => isPrometheus(services[n]));
+  if (prom) {
+    const p = services[prom];
+    need(isProfiled(p), `${prom}: runs without a profile (it is optional: profile monitoring)`);
+    const mount = ((p.volumes ?? []) as string[]).map(String).find((v) => v.startsWith("./prometheus:"));
+    need(mount?.endsWith(":ro"), `${prom}: the repo's prometheus/ is not mounted read-only`);
+    const configFile = traefikFlags(p).get("config.file") ?? "";
+    const inMount = (file: string) => (mount ? join(ROOT, "prometheus", file.slice(mount.split(":")[1]!.replace(/\/?$/, "/").length)) : "");
+    const local = mount && configFile.startsWith(mount.split(":")[1]!) ? inMount(configFile) : undefined;
+    need(local && existsSync(local), `${prom}: --config.file=${configFile} is not a file of the mounted prometheus/`);
+    if (local && existsSync(local)) {
+      const promConfig = parse(readFileSync(local, "utf8")) as { rule_files?: string[]; scrape_configs?: { job_name: string; static_configs?: { targets: string[] }[] }[] };
+      for (const f of promConfig.rule_files ?? []) need(existsSync(inMount(f)), `${prom}: rule file ${f} is not in the mounted prometheus/`);
+      const expected: Record<string, string | undefined> = { "hatch-proxy-api": api, "hatch-proxy-wake": wake, traefik: traefikName };
+      for (const [job, service] of Object.entries(expected)) {
+        const targets = promConfig.scrape_configs?.find((c) => c.job_name === job)?.static_configs?.flatMap((c) => c.targets) ?? [];
+        need(targets.length > 0, `${prom}: prometheus.yml has no job ${job}`);
+        for (const t of targets) need(reach(doc, prom, `http://${t}`) === service, `${prom}: job ${job}'s target ${t} does not reach the ${service} service`);
+      }
+    }
+  }
+
   // Every interpolated variable is documented in .env.example, and nothing there is unused.
   for (const v of composeVars) need(dotenvNames.has(v), `.env.example does not name ${v}, which compose.yaml uses`);
   for (const v of dotenvNames) need(composeVars.has(v) || v === "COMPOSE_PROFILES", `.env.example names ${v}, which compose.yaml never uses`);
@@ -345,13 +380,14 @@ describe("compose.yaml agrees with the code", () => {
 
   it("has the services, images and profiles the product needs", () => {
     const doc = effective();
-    expect(Object.keys(doc.services).sort()).toEqual(["api", "migrate", "postgres", "sim", "traefik", "wake"]);
+    expect(Object.keys(doc.services).sort()).toEqual(["api", "migrate", "postgres", "prometheus", "sim", "traefik", "wake"]);
+    expect(doc.services.prometheus.profiles).toEqual(["monitoring"]);
     expect(doc.services.postgres.image).toBe("postgres:16");
     expect(doc.services.traefik.image).toBe("traefik:v3.6");
     expect(doc.services.sim.profiles).toEqual(["dev"]);
     expect(doc.services.migrate.depends_on).toEqual({ postgres: { condition: "service_healthy" } });
     expect(doc.services.api.depends_on).toEqual({ migrate: { condition: "service_completed_successfully" } });
-    expect(doc.services.traefik.ports).toEqual(["9090:9090"]);
+    expect(doc.services.traefik.ports).toEqual(["9090:9090", "127.0.0.1:9095:9095"]);
     expect(dotenv.COMPOSE_PROFILES).toBe("dev");
   });
 
@@ -411,6 +447,10 @@ describe("compose.yaml agrees with the code", () => {
     ["two listeners on one port", setEnv("sim", "HATCH_SIM_ADDR", "0.0.0.0:9091"), "wake and sim both listen on port 9091 in traefik's namespace"],
     ["traefik/ mounted at /etc/traefik", (d) => void (svc(d, "traefik").volumes = ["./traefik:/etc/traefik:ro"]), "traefik: a mount at /etc/traefik makes Traefik load a file and ignore its flags"],
     ["traefik/ mounted writable", (d) => void (svc(d, "traefik").volumes = ["./traefik:/etc/hatch-proxy/traefik"]), "traefik: the repo's traefik/ is not mounted read-only"],
+    ["Prometheus on its default port, Traefik's public one", (d) => void (svc(d, "prometheus").command = svc(d, "prometheus").command.filter((a: string) => !a.startsWith("--web.listen-address"))), "traefik and prometheus both listen on port 9090 in traefik's namespace"],
+    ["Prometheus in its own namespace (the sidecar listens on Traefik's loopback)", (d) => void delete svc(d, "prometheus").network_mode, "prometheus: job hatch-proxy-wake's target 127.0.0.1:9091 does not reach the wake service"],
+    ["a published UI port nothing listens on", (d) => void (svc(d, "traefik").ports = ["9090:9090", "127.0.0.1:9096:9096"]), "traefik: publishes 127.0.0.1:9096:9096 but nothing in its namespace listens on 9096"],
+    ["Prometheus without its rules mounted", (d) => void (svc(d, "prometheus").volumes = ["prometheus-data:/prometheus"]), "prometheus: the repo's prometheus/ is not mounted read-only"],
   ];
   it.each(mutations)("catches %s", (_name, mutate, problem) => {
     const doc = structuredClone(effective());
@@ -437,27 +477,42 @@ describe("Dockerfile", () => {
   const text = read("Dockerfile");
   const ignored = read(".dockerignore").split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
 
-  it("builds a multi-stage, non-root, production-only image whose entry point is the CLI", () => {
+  it("builds a multi-stage, non-root, production-only image whose entry point is the build", () => {
     const froms = [...text.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1]);
     expect(froms.length).toBeGreaterThanOrEqual(2);
     for (const from of froms) expect(from).toBe("node:20-bookworm-slim");
     expect(text).toMatch(/^RUN npm ci --omit=dev\b/m);
+    expect(text).toMatch(/^RUN npm run build$/m);
     const users = [...text.matchAll(/^USER\s+(\S+)/gm)].map((m) => m[1]);
     expect(users.at(-1)).toBe("node");
-    expect(text).toMatch(/^ENTRYPOINT \["node", "bin\/hatch-proxy\.js"\]$/m);
+    expect(text).toMatch(/^ENTRYPOINT \["node", "dist\/main\.js"\]$/m);
     expect(text).not.toMatch(/^HEALTHCHECK/m);
-    // tsx runs the TypeScript at run time, so it must be a production dependency.
-    expect(Object.keys(JSON.parse(read("package.json")).dependencies)).toContain("tsx");
+    // The final stage runs the build on plain node: tsx and TypeScript are development tools.
+    const deps = Object.keys(JSON.parse(read("package.json")).dependencies);
+    expect(deps).not.toContain("tsx");
+    expect(deps).not.toContain("typescript");
   });
 
-  it("copies what the CLI needs, and .dockerignore excludes none of it", () => {
-    const copied = [...text.matchAll(/^COPY\s+(?!--from)(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
-    for (const path of ["package.json", "package-lock.json", "bin", "src", "drizzle", "traefik"]) {
-      expect(copied).toContain(path);
+  /** The COPY lines of the stage that starts at the last FROM (what the image ships). */
+  const finalStage = () => text.slice(text.lastIndexOf("\nFROM "));
+  const copiedIn = (stage: string) => [...stage.matchAll(/^COPY\s+(?!--from)(.+)\s+\S+$/gm)].flatMap((m) => m[1]!.trim().split(/\s+/));
+
+  it("ships dist/ from the build stage with what the CLI reads at run time, and no sources", () => {
+    const final = finalStage();
+    expect(final).toMatch(/^COPY --from=build \/app\/dist \.\/dist$/m);
+    for (const path of ["package.json", "package-lock.json", "bin", "drizzle", "traefik"]) {
+      expect(copiedIn(final)).toContain(path);
       expect(existsSync(join(ROOT, path)), path).toBe(true);
       expect(ignored).not.toContain(path);
     }
-    expect(ignored).toEqual(expect.arrayContaining(["node_modules", "data", ".env", ".git"]));
+    expect(copiedIn(final)).not.toContain("src");
+    expect(final).not.toMatch(/COPY --from=build \/app\/(src|node_modules)/);
+    // The build stage reads the sources and the build's own files.
+    for (const path of ["src", "scripts", "tsconfig.json", "tsconfig.build.json"]) {
+      expect(copiedIn(text), path).toContain(path);
+      expect(ignored).not.toContain(path);
+    }
+    expect(ignored).toEqual(expect.arrayContaining(["node_modules", "dist", "data", ".env", ".git"]));
   });
 });
 

@@ -54,14 +54,20 @@ describe("--json errors", () => {
   it("are one JSON object on stderr, with the exit code of the same error without --json", async () => {
     const vm = await sim.createVm();
     const cases: [string, string[], Env, object][] = [
-      ["a 404 from the route API", ["routes", "get", "rt_doesnotexist00"], env(), { error: "not found", status: 404 }],
-      ["a 404 from the VM API", ["vms", "get", "vm_ghost"], env(), { error: "not found", status: 404 }],
-      ["a 400 naming the field", ["routes", "create", vm.id, "--port", "8080", "--subdomain", "Bad_Name"], env(), { status: 400 }],
+      ["a 404 from the route API", ["routes", "get", "rt_doesnotexist00"], env(), { error: "not found", status: 404, hint: "check the id: hatch-proxy routes list <vm> lists a VM's routes, hatch-proxy vms list the VMs" }],
+      ["a 404 from the VM API", ["vms", "get", "vm_ghost"], env(), { error: "not found", status: 404, hint: expect.stringMatching(/^check the id/) }],
+      ["a 400 naming the field", ["routes", "create", vm.id, "--port", "8080", "--subdomain", "Bad_Name"], env(), { status: 400, hint: "the route API refused the request as sent: the error says what to change" }],
       ["a wrong key", ["routes", "list", vm.id], { ...env(), HATCH_PROXY_API_KEY: "wrong" }, { error: "invalid api key", status: 401, hint: expect.stringContaining("the key came from HATCH_PROXY_API_KEY") }],
-      ["nothing listening", ["routes", "list", vm.id], { ...env(), HATCH_PROXY_URL: closedUrl }, { error: `cannot reach the route API at ${closedUrl}: is hatch-proxy running? (npm start)` }],
-      ["a missing argument", ["routes", "get"], env(), { error: "routes get: missing <route>" }],
-      ["an unknown option", ["routes", "list", vm.id, "--bogus"], env(), { error: "routes list: unknown option --bogus" }],
-      ["an unknown subcommand", ["vms", "explode"], env(), { error: 'unknown vms command "explode"' }],
+      [
+        "nothing listening",
+        ["routes", "list", vm.id],
+        { ...env(), HATCH_PROXY_URL: closedUrl },
+        { error: `cannot reach the route API at ${closedUrl}: is hatch-proxy running? (npm start)`, hint: "check that the route API runs and is reachable at the URL in the error (hatch-proxy routes list --help shows the options that point at it)" },
+      ],
+      ["a missing argument", ["routes", "get"], env(), { error: "routes get: missing <route>", hint: "hatch-proxy routes get --help shows its arguments and options" }],
+      ["an unknown option", ["routes", "list", vm.id, "--bogus"], env(), { error: "routes list: unknown option --bogus", hint: "hatch-proxy routes list --help shows its arguments and options" }],
+      ["an unknown subcommand", ["vms", "explode"], env(), { error: 'unknown vms command "explode"', hint: "hatch-proxy vms --help lists its commands" }],
+      ["an unknown command", ["volumes", "list"], env(), { error: 'unknown command "volumes"', hint: "hatch-proxy help lists the commands" }],
     ];
     for (const [what, argv, e, expected] of cases) {
       const text = await run(argv, e);
@@ -73,6 +79,8 @@ describe("--json errors", () => {
       const parsed = JSON.parse(json.err);
       expect(parsed, what).toMatchObject(expected);
       expect(typeof parsed.error, what).toBe("string");
+      // The README promises {"error", "status", "hint"}: a hint on every one, a status with every HTTP answer.
+      expect(typeof parsed.hint, what).toBe("string");
       expect(JSON.stringify(parsed), what).not.toContain(KEY);
     }
   });
@@ -81,7 +89,10 @@ describe("--json errors", () => {
     const r = spawnSync(process.execPath, [join(REPO, "bin/hatch-proxy.js"), "routes", "get", "rt_x", "--json", "--api-url", closedUrl], { encoding: "utf8", timeout: 30_000 });
     expect(r.status).toBe(1);
     expect(r.stdout).toBe("");
-    expect(JSON.parse(r.stderr)).toEqual({ error: `cannot reach the route API at ${closedUrl}: is hatch-proxy running? (npm start)` });
+    expect(JSON.parse(r.stderr)).toEqual({
+      error: `cannot reach the route API at ${closedUrl}: is hatch-proxy running? (npm start)`,
+      hint: "check that the route API runs and is reachable at the URL in the error (hatch-proxy routes get --help shows the options that point at it)",
+    });
   });
 });
 

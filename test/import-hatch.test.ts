@@ -27,7 +27,7 @@ describe.runIf(await postgresEnabled())("import-hatch from a Hatch database", ()
   const run = async (...args: string[]) => {
     let out = "";
     let err = "";
-    const code = await runImportHatch(args, () => openDatabase({ url: target.url }), { out: (s) => (out += s), err: (s) => (err += s) });
+    const code = await runImportHatch(args, { open: () => openDatabase({ url: target.url }) }, { out: (s) => (out += s), err: (s) => (err += s) });
     return { code, out, err };
   };
 

@@ -71,9 +71,22 @@ describe("idle sweeper rules (embedded, pglite)", () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(1200 - 100);
   });
 
+  it("reading the config by hand (curl, a browser, a script) pauses no sleep: only a Traefik's poll does", async () => {
+    for (const ua of ["curl/8.5.0", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36", undefined]) {
+      const res = await fetch(`${stack.api!.url}/traefik/config`, { headers: ua ? { "user-agent": ua } : {} });
+      expect(res.status).toBe(200);
+    }
+    expect(stack.sleeper!.unconfirmable()).toBeUndefined();
+    const vm = await sim().createVm();
+    await addRouteVia(stack, vm.id, "read-by-hand");
+    const r = await api(stack, "POST", `/vms/${vm.id}/sleep`);
+    expect([r.status, r.json.state]).toEqual([200, "stopped"]);
+  });
+
   it("refuses to sleep anything while a Traefik polls the config but HATCH_TRAEFIK_API_URLS is unset (its direct traffic would be cut)", async () => {
-    // Last in this file: the refusal lasts a minute after the last poll.
-    expect((await fetch(`${stack.api!.url}/traefik/config`)).status).toBe(200);
+    // Last in this file: the refusal lasts a minute after the last poll. Traefik's HTTP provider
+    // sends Go's default User-Agent.
+    expect((await fetch(`${stack.api!.url}/traefik/config`, { headers: { "user-agent": "Go-http-client/1.1" } })).status).toBe(200);
     const vm = await sim().createVm();
     await addRouteVia(stack, vm.id, "unconfirmable");
     await new Promise((r) => setTimeout(r, 2500));

@@ -88,6 +88,8 @@ describe.skipIf(!bin)("real Traefik in front of the config endpoint", () => {
   let active: Hono;
   const services: ConfigService[] = [];
   const cleanups: (() => Promise<unknown>)[] = [];
+  /** Polls the endpoint took for a Traefik's (what pauses sleeps when no Traefik API is configured). */
+  let traefikPolls = 0;
 
   const routerUrl = (name: string) => `http://127.0.0.1:${apiPort}/api/http/routers/${name}@http`;
   const routerStatus = async (name: string) => (await fetch(routerUrl(name))).status;
@@ -98,7 +100,7 @@ describe.skipIf(!bin)("real Traefik in front of the config endpoint", () => {
     const service = createConfigService({ database: t.database, directory, config, log: silentLogger, resyncMs: 2000 });
     services.push(service);
     await service.start();
-    active = new Hono().route("/traefik", traefikEndpoint(service, { config, log: silentLogger }));
+    active = new Hono().route("/traefik", traefikEndpoint(service, { config, log: silentLogger, onPoll: () => (traefikPolls += 1) }));
     return service;
   }
 
@@ -269,6 +271,13 @@ describe.skipIf(!bin)("real Traefik in front of the config endpoint", () => {
     expect(fast.headers["x-hatch-cold-start"]).toBeUndefined();
     expect([fast.json().vm_id, fast.json().boot]).toEqual([vm.id, bootBefore + 1]);
     expect(hits.n).toBe(1);
+  });
+
+  it("tells a real Traefik's polls by their User-Agent (what pauses sleeps that cannot be confirmed)", async () => {
+    const before = traefikPolls;
+    const deadline = Date.now() + 5000;
+    while (traefikPolls === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(traefikPolls).toBeGreaterThan(before);
   });
 
   it("logged no configuration error for any payload", async () => {

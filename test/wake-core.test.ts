@@ -102,8 +102,8 @@ describe("subdomainOf", () => {
   });
 
   it.each([
-    [undefined, "no subdomain in host header"],
-    ["", "no subdomain in host header"],
+    [undefined, "missing Host header"],
+    ["", "missing Host header"],
     ["hatch.local", "no subdomain in host header"],
     ["hatch.local:9090", "no subdomain in host header"],
     ["example.com", 'host "example.com" is not under the base domain "hatch.local"'],

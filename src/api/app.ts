@@ -9,6 +9,7 @@ import type { Principal } from "./auth.ts";
 import { CLIENT_CLOSED } from "./body.ts";
 import type { ApiDeps, ApiEnv } from "./deps.ts";
 import { registerHealthEndpoints } from "./health.ts";
+import { IMPORT_PATH, registerImportEndpoint } from "./import-endpoint.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import { registerRouteEndpoints } from "./routes.ts";
 import { registerSleepEndpoints } from "./vm-sleep.ts";
@@ -23,6 +24,7 @@ const ALLOWED: [RegExp, string[]][] = [
   [/^\/vms\/[^/]+\/activity\/?$/, ["GET"]],
   [/^\/(healthz|readyz|metrics|openapi\.json)$/, ["GET"]],
   [/^\/traefik\/config(\.yaml)?$/, ["GET"]],
+  [/^\/admin\/import-hatch$/, ["POST"]],
 ];
 
 /** Builds the route API from its dependencies (no globals: tests build it with their own). */
@@ -91,6 +93,8 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   app.on(["GET", "DELETE"], "/routes/:route_id", requireAuth);
 
   registerRouteEndpoints(app, deps);
+  app.post(IMPORT_PATH, requireAuth);
+  registerImportEndpoint(app, deps);
   if (deps.sleep) {
     app.post("/vms/:vm_id/sleep", requireAuth);
     app.get("/vms/:vm_id/activity", requireAuth);

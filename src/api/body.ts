@@ -5,14 +5,15 @@ import { AppError } from "../errors.ts";
 export const MAX_API_BODY = 64 * 1024;
 
 /**
- * Reads a JSON request body. No Content-Type, or the form type `curl -d` sends, is read as JSON (that
- * is what Hatch's clients send); any other non-JSON type is a 415. Bodies over `limit` are a 413, read
- * no further than the limit.
+ * Reads a JSON request body. No Content-Type is read as JSON (a bare HTTP client sends none); any
+ * other type than JSON is a 415, the form type `curl -d` sends by default included: its answer
+ * says how to send JSON with curl. Bodies over `limit` are a 413, read no further than the limit.
  */
 export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<unknown> {
   const type = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
-  if (type && type !== "application/json" && !type.endsWith("+json") && type !== "application/x-www-form-urlencoded") {
-    throw new AppError(415, `unsupported content type "${type}": send application/json`);
+  if (type && type !== "application/json" && !type.endsWith("+json")) {
+    const curl = type === "application/x-www-form-urlencoded" ? " (with curl -d, add -H 'Content-Type: application/json')" : "";
+    throw new AppError(415, `unsupported content type "${type}": send application/json${curl}`);
   }
   const declared = Number(c.req.header("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);

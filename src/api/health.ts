@@ -1,9 +1,10 @@
 import type { Hono } from "hono";
-import { Registry } from "prom-client";
+import type { Registry } from "prom-client";
 import { formatDuration } from "../config.ts";
 import { databaseUnavailable } from "../db/errors.ts";
 import { schemaProblem, schemaState } from "../db/migrations.ts";
 import { countRoutes } from "../db/routes.repo.ts";
+import { metricsFor } from "../process-metrics.ts";
 import type { ApiDeps, ApiEnv, ReadinessCheck } from "./deps.ts";
 
 
@@ -24,7 +25,8 @@ function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
 
 /**
  * /healthz (process up; with a key, Hatch's `{status, vm_count, route_count}` for the caller),
- * /readyz (database, migrations, platform, extras) and /metrics. Open, no auth needed.
+ * /readyz (database, migrations, platform, extras) and /metrics (the process's metrics, then
+ * `registries`). Open, no auth needed.
  */
 export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, registries: () => Registry[]): void {
   const timeoutMs = deps.readinessTimeoutMs ?? READINESS_TIMEOUT_MS;
@@ -88,8 +90,7 @@ export function registerHealthEndpoints(app: Hono<ApiEnv>, deps: ApiDeps, regist
     return c.json({ status: "ready", checks: results });
   });
   app.get("/metrics", async (c) => {
-    const all = registries();
-    const merged = all.length === 1 ? all[0]! : Registry.merge(all);
+    const merged = metricsFor(registries());
     return c.text(await merged.metrics(), 200, { "Content-Type": merged.contentType });
   });
 }

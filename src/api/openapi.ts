@@ -4,6 +4,8 @@ import type { GenericSchema } from "valibot";
 import type { Config } from "../config.ts";
 import { CreateRouteBody, DeletedSchema, ErrorSchema, RESERVED_SUBDOMAINS, RouteSchema, TEXT } from "./routes.schemas.ts";
 import { ActivitySchema, SleepBody } from "./vm-sleep.ts";
+import { VERSION } from "../version.ts";
+import { ImportBody } from "./import-endpoint.ts";
 
 /**
  * The VM object the sleep endpoint answers with: the VM platform's own (Hatch's fields; the
@@ -52,7 +54,7 @@ export function buildOpenApiDocument(config: Config) {
     openapi: "3.1.0",
     info: {
       title: "hatch-proxy route API",
-      version: "0.1.0",
+      version: VERSION,
       description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps. Every other call of Hatch's API (\`/vms\`, \`/vms/{id}\`, its snapshot, restore, stop, snapshots, metrics, exec) is relayed to the VM platform with the caller's credentials, and documented by Hatch.`,
     },
     security: [{ bearer: [] }, { apiKey: [] }],
@@ -171,6 +173,21 @@ export function buildOpenApiDocument(config: Config) {
       "/healthz": { get: { summary: "Process is up", security: [], responses: { "200": { description: '{"status":"ok"}' } } } },
       "/readyz": { get: { summary: "Database, migrations and VM platform reachable", security: [], responses: { "200": { description: "Ready." }, "503": err("A check failed.", "not ready: database") } } },
       "/metrics": { get: { summary: "Prometheus metrics", security: [], responses: { "200": { description: "Text exposition format." } } } },
+      "/admin/import-hatch": {
+        post: {
+          summary: "Import Hatch's route rows (what `hatch-proxy import-hatch` sends to a running instance on the embedded database)",
+          description: "Same rules and report as the command. Needs an operator key (one of HATCH_API_KEYS); a key verified per user gets 403.",
+          requestBody: { required: true, content: { "application/json": { schema: schema(ImportBody) } } },
+          responses: {
+            "200": { description: "The report: `dry_run`, `imported`, `already_here`, `not_imported` and one entry per row with its `outcome` (and `why`)." },
+            "400": err("A body that is not Hatch's rows.", "routes.0.target_port must be a number"),
+            "401": unauthorized,
+            "403": err("A user's key.", "importing routes needs an operator key (one of HATCH_API_KEYS), not a user's key"),
+            "413": err("Over 16 MiB.", "request body too large (limit 16384 KiB)"),
+            "503": unavailable,
+          },
+        },
+      },
     },
   };
 }

@@ -3,6 +3,9 @@
  * for `start`). Kept apart from main.ts so compose.yaml can be checked against it without
  * importing the entry point.
  */
+/** The commands for people (cli/people.ts), listed here so dispatching to them loads nothing else. */
+export const PEOPLE_COMMANDS = ["routes", "vms"] as const;
+
 export const SERVICE_COMMANDS = ["start", "api", "wake", "sim", "migrate", "traefik-config", "import-hatch"] as const;
 
 export type ServiceCommand = (typeof SERVICE_COMMANDS)[number];

@@ -3,50 +3,15 @@
  * installation (its `proxy_routes` table) into this one, keeping ids and timestamps. Rows that
  * break this project's rules, and subdomains already taken here, are listed and left out; a re-run
  * imports nothing twice. Exit 0 when every row is here afterwards, 1 when some are not, 3 when a
- * database could not be read or written.
+ * database could not be read or written. Beside a running instance that holds the embedded
+ * database, the rows go through its route API (import-remote.ts), with the same rules and report.
  */
 import postgres from "postgres";
-import { sql } from "drizzle-orm";
+import { importRoutes, reportJson, type HatchRoute, type ImportReportJson } from "../api/route-import.ts";
 import type { Database } from "../db/client.ts";
-import { queryRows } from "../db/client.ts";
-import { RESERVED_SUBDOMAINS, SUBDOMAIN_RE, TEXT } from "../api/routes.schemas.ts";
-import { ID_RE } from "../api/vm-access.ts";
-
-/** One row of Hatch's `proxy_routes` (plus the VM's owner when Hatch records one). */
-export interface HatchRoute {
-  id: string;
-  vmId: string;
-  subdomain: string;
-  targetPort: number;
-  autoWake: boolean;
-  createdAt: Date;
-  updatedAt: Date;
-  owner: string;
-}
-
-export type ImportOutcome =
-  | { kind: "imported" }
-  | { kind: "present" }
-  | { kind: "invalid"; why: string }
-  | { kind: "conflict"; why: string };
-
-export interface ImportReport {
-  rows: { route: HatchRoute; outcome: ImportOutcome }[];
-  imported: number;
-  present: number;
-  refused: number;
-  dryRun: boolean;
-}
-
-/** Why a Hatch row cannot become a route here, or undefined when it can. */
-export function invalidReason(r: HatchRoute): string | undefined {
-  if (!ID_RE.test(r.id)) return `route id ${JSON.stringify(r.id)} is not a valid id`;
-  if (!ID_RE.test(r.vmId)) return `vm id ${JSON.stringify(r.vmId)} is not a valid id`;
-  if (!SUBDOMAIN_RE.test(r.subdomain)) return TEXT.subdomain;
-  if (RESERVED_SUBDOMAINS.has(r.subdomain)) return TEXT.reserved(r.subdomain);
-  if (!Number.isInteger(r.targetPort) || r.targetPort < 1 || r.targetPort > 65535) return TEXT.port;
-  return undefined;
-}
+import { DataDirInUseError } from "../db/data-dir-lock.ts";
+import { CliError, type ApiTarget } from "./http-client.ts";
+import { importThroughApi } from "./import-remote.ts";
 
 /** Reads Hatch's routes from `url`; throws a clear error when it is not Hatch's database. */
 export async function readHatchRoutes(url: string): Promise<HatchRoute[]> {
@@ -81,80 +46,18 @@ export async function readHatchRoutes(url: string): Promise<HatchRoute[]> {
 /** A failure to read or write a database (exit 3), in words safe to print. */
 export class ImportError extends Error {}
 
-interface Existing {
-  id: string;
-  vm_id: string;
-  subdomain: string;
-  target_port: number;
-}
-
-/**
- * Imports `routes` into `d` (nothing is written with `dryRun`). Each row is one INSERT … ON CONFLICT
- * DO NOTHING: the database's unique keys settle a race with routes created meanwhile.
- */
-export async function importRoutes(d: Database, routes: readonly HatchRoute[], dryRun: boolean): Promise<ImportReport> {
-  const report: ImportReport = { rows: [], imported: 0, present: 0, refused: 0, dryRun };
-  const add = (route: HatchRoute, outcome: ImportOutcome) => {
-    report.rows.push({ route, outcome });
-    if (outcome.kind === "imported") report.imported += 1;
-    else if (outcome.kind === "present") report.present += 1;
-    else report.refused += 1;
-  };
-  const seen = new Set<string>();
-  for (const r of routes) {
-    const invalid = invalidReason(r);
-    if (invalid) {
-      add(r, { kind: "invalid", why: invalid });
-      continue;
-    }
-    if (seen.has(r.subdomain)) {
-      add(r, { kind: "conflict", why: TEXT.taken(r.subdomain) + " (twice in the source)" });
-      continue;
-    }
-    seen.add(r.subdomain);
-    const clash = async (): Promise<ImportOutcome | undefined> => {
-      const found = await queryRows<Existing>(d, sql`select id, vm_id, subdomain, target_port from routes where id = ${r.id} or subdomain = ${r.subdomain}`);
-      const same = found.find((e) => e.id === r.id);
-      if (same) {
-        if (same.subdomain === r.subdomain && same.vm_id === r.vmId && Number(same.target_port) === r.targetPort) return { kind: "present" };
-        return { kind: "conflict", why: `route id ${r.id} is already used here by ${same.subdomain} → ${same.vm_id}:${same.target_port}` };
-      }
-      const taken = found.find((e) => e.subdomain === r.subdomain);
-      if (taken) return { kind: "conflict", why: `${TEXT.taken(r.subdomain)} (by ${taken.id} → ${taken.vm_id})` };
-      return undefined;
-    };
-    const before = await clash();
-    if (before) {
-      add(r, before);
-      continue;
-    }
-    if (dryRun) {
-      add(r, { kind: "imported" });
-      continue;
-    }
-    const inserted = await queryRows<{ id: string }>(
-      d,
-      sql`insert into routes (id, vm_id, subdomain, target_port, auto_wake, owner, created_at, updated_at)
-          values (${r.id}, ${r.vmId}, ${r.subdomain}, ${r.targetPort}, ${r.autoWake}, ${r.owner}, ${r.createdAt.toISOString()}, ${r.updatedAt.toISOString()})
-          on conflict do nothing returning id`,
-    );
-    add(r, inserted.length ? { kind: "imported" } : ((await clash()) ?? { kind: "conflict", why: "refused by the database" }));
-  }
-  return report;
-}
-
 /** The report for people: one line per row that needs attention, then the totals. */
-export function formatReport(rep: ImportReport): string[] {
+export function formatReport(rep: ImportReportJson): string[] {
   const lines: string[] = [];
-  const verb = rep.dryRun ? "would import" : "imported";
-  for (const { route: r, outcome } of rep.rows) {
-    const what = `${r.id}  ${r.subdomain} → ${r.vmId}:${r.targetPort}`;
-    if (outcome.kind === "imported") lines.push(`${verb}  ${what}`);
-    else if (outcome.kind === "present") lines.push(`already here  ${what}`);
-    else lines.push(`not imported  ${what}: ${outcome.why}`);
+  const verb = rep.dry_run ? "would import" : "imported";
+  for (const r of rep.routes) {
+    const what = `${r.id}  ${r.subdomain} → ${r.vm_id}:${r.target_port}`;
+    if (r.outcome === "imported" || r.outcome === "would_import") lines.push(`${verb}  ${what}`);
+    else if (r.outcome === "already_here") lines.push(`already here  ${what}`);
+    else lines.push(`not imported  ${what}: ${r.why}`);
   }
   lines.push(
-    `${rep.rows.length} route${rep.rows.length === 1 ? "" : "s"} in Hatch: ${rep.imported} ${verb}, ${rep.present} already here, ${rep.refused} not imported${rep.dryRun ? " (dry run: nothing written)" : ""}`,
+    `${rep.routes.length} route${rep.routes.length === 1 ? "" : "s"} in Hatch: ${rep.imported} ${verb}, ${rep.already_here} already here, ${rep.not_imported} not imported${rep.dry_run ? " (dry run: nothing written)" : ""}`,
   );
   return lines;
 }
@@ -164,18 +67,23 @@ export const IMPORT_USAGE = `Usage: hatch-proxy import-hatch --from <postgres ur
 Copies the routes of a Hatch installation (its proxy_routes table) into this one's database
 (DATABASE_URL, or the embedded one in HATCH_DATA_DIR), keeping ids and timestamps. Rows that break
 the route rules, and subdomains already taken here, are listed and left out. Running it again
-imports nothing twice.
+imports nothing twice. While hatch-proxy runs on the embedded database (which only its process can
+open), the rows go through its route API (the URL it records in the data directory, with the key
+the routes commands use).
   --from <url>   Hatch's PostgreSQL (postgres://…); nothing is written there
   --dry-run      say what would happen, write nothing
   --json         the report as JSON on stdout
 Exit: 0 every route is here, 1 some were not imported, 2 bad usage, 3 a database failed.`;
 
-/** Runs the command; resolves with the exit code. `open` gives this installation's database. */
-export async function runImportHatch(
-  argv: readonly string[],
-  open: () => Promise<Database>,
-  io: { out(s: string): void; err(s: string): void },
-): Promise<number> {
+/** Where the rows go: this installation's database, or the running instance that holds it. */
+export interface ImportDestination {
+  open(): Promise<Database>;
+  /** The route API of the process holding the embedded database (asked when open() finds it in use). */
+  running?(): ApiTarget;
+}
+
+/** Runs the command; resolves with the exit code. */
+export async function runImportHatch(argv: readonly string[], dest: ImportDestination, io: { out(s: string): void; err(s: string): void }): Promise<number> {
   const { parseArgs } = await import("node:util");
   let values: { from?: string; "dry-run"?: boolean; json?: boolean; help?: boolean };
   try {
@@ -205,41 +113,41 @@ export async function runImportHatch(
     io.err(`hatch-proxy import-hatch: cannot read Hatch's routes: ${describe(err, from)}\n`);
     return 3;
   }
-  let database: Database | undefined;
-  let report: ImportReport;
+  const dryRun = Boolean(values["dry-run"]);
+  let report: ImportReportJson;
   try {
-    database = await open();
-    report = await importRoutes(database, routes, Boolean(values["dry-run"]));
+    report = await importHere(dest, routes, dryRun, values.json ? () => {} : (s) => io.err(s));
   } catch (err) {
-    io.err(`hatch-proxy import-hatch: cannot write the routes here: ${describe(err, from)}\n`);
+    const hint = err instanceof CliError && err.hint ? `\n${err.hint}` : "";
+    io.err(`hatch-proxy import-hatch: cannot write the routes here: ${describe(err, from)}${hint}\n`);
     return 3;
-  } finally {
-    await database?.close().catch(() => {});
   }
-  if (values.json) {
-    io.out(
-      JSON.stringify({
-        dry_run: report.dryRun,
-        imported: report.imported,
-        already_here: report.present,
-        not_imported: report.refused,
-        routes: report.rows.map(({ route: r, outcome }) => ({
-          id: r.id,
-          vm_id: r.vmId,
-          subdomain: r.subdomain,
-          target_port: r.targetPort,
-          outcome: outcome.kind === "imported" ? (report.dryRun ? "would_import" : "imported") : outcome.kind === "present" ? "already_here" : "not_imported",
-          ...("why" in outcome && { why: outcome.why }),
-        })),
-      }) + "\n",
-    );
-  } else io.out(formatReport(report).join("\n") + "\n");
-  return report.refused > 0 ? 1 : 0;
+  if (values.json) io.out(JSON.stringify(report) + "\n");
+  else io.out(formatReport(report).join("\n") + "\n");
+  return report.not_imported > 0 ? 1 : 0;
+}
+
+/** Imports into the database, or through the running instance that holds it. */
+async function importHere(dest: ImportDestination, routes: readonly HatchRoute[], dryRun: boolean, say: (s: string) => void): Promise<ImportReportJson> {
+  let database: Database;
+  try {
+    database = await dest.open();
+  } catch (err) {
+    if (!(err instanceof DataDirInUseError) || !dest.running) throw err;
+    const target = dest.running();
+    say(`hatch-proxy import-hatch: process ${err.pid} serves the embedded database: sending the rows to its route API at ${target.url}\n`);
+    return importThroughApi(target, routes, dryRun);
+  }
+  try {
+    return reportJson(await importRoutes(database, routes, dryRun));
+  } finally {
+    await database.close().catch(() => {});
+  }
 }
 
 /** An error in words safe to print: the source URL's password never appears. */
 function describe(err: unknown, url: string): string {
-  let text = err instanceof ImportError ? err.message : ((err as { code?: string })?.code ?? "") + " " + ((err as Error)?.message ?? String(err));
+  let text = err instanceof ImportError || err instanceof CliError ? err.message : ((err as { code?: string })?.code ?? "") + " " + ((err as Error)?.message ?? String(err));
   try {
     const pw = new URL(url).password;
     if (pw) text = text.split(pw).join("***").split(decodeURIComponent(pw)).join("***");

@@ -5,14 +5,16 @@
  * environment and the output streams come in as arguments.
  */
 import { parseArgs } from "node:util";
+import { PEOPLE_COMMANDS } from "./commands.ts";
 import { CliError, type ApiAnswer, type ApiTarget } from "./http-client.ts";
+import { BUG_HINT, callHint, usageHint } from "./json-hints.ts";
 import { ROUTE_SUBCOMMANDS } from "./routes-command.ts";
 import { SLEEP_SUBCOMMANDS } from "./sleep-command.ts";
 import type { ApiName, OptionSpec, Printer, Subcommand } from "./subcommand.ts";
 import { routeApiTarget, UsageError, vmApiTarget } from "./targets.ts";
 import { VM_SUBCOMMANDS } from "./vms-command.ts";
 
-export const PEOPLE_COMMANDS = ["routes", "vms"] as const;
+export { PEOPLE_COMMANDS };
 export type PeopleCommand = (typeof PEOPLE_COMMANDS)[number];
 
 /** Where output goes: `out`/`err` receive one line at a time, newline included, to write as is (process.stdout.write). */
@@ -115,8 +117,8 @@ export interface JsonError {
   error: string;
   /** The HTTP status of the API's answer, when there was one. */
   status?: number;
-  /** What to do about it (where the key came from, for a 401). */
-  hint?: string;
+  /** What to do about it (where the key came from, for a 401; the command's --help for a usage error). */
+  hint: string;
 }
 
 /**
@@ -130,9 +132,10 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
   const dashes = argv.indexOf("--");
   const json = (dashes === -1 ? argv : argv.slice(0, dashes)).includes("--json");
   const jsonError = (e: JsonError) => io.err(JSON.stringify(e));
-  const usageError = (message: string, usage: string[]) => {
+  /** `command`: as far as the arguments name one (`routes create`, `routes`, or none). */
+  const usageError = (message: string, usage: string[], command: string) => {
     if (json) {
-      jsonError({ error: message });
+      jsonError({ error: message, hint: usageHint(command) });
       return 2;
     }
     io.err(`error: ${message}`);
@@ -141,7 +144,7 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     return 2;
   };
   if (!groupName || !(PEOPLE_COMMANDS as readonly string[]).includes(groupName)) {
-    return usageError(groupName ? `unknown command "${groupName}"` : "missing command", PEOPLE_USAGE.split("\n"));
+    return usageError(groupName ? `unknown command "${groupName}"` : "missing command", PEOPLE_USAGE.split("\n"), "");
   }
   const group = groupName as PeopleCommand;
   const g = GROUPS[group];
@@ -150,7 +153,7 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     return 0;
   }
   const sub = g.subcommands.find((s) => s.name === subName);
-  if (!sub) return usageError(subName ? `unknown ${group} command "${subName}"` : `missing ${group} command`, groupUsage(group));
+  if (!sub) return usageError(subName ? `unknown ${group} command "${subName}"` : `missing ${group} command`, groupUsage(group), group);
 
   const untilDashes = rest.indexOf("--") === -1 ? rest : rest.slice(0, rest.indexOf("--"));
   if (untilDashes.includes("--help") || untilDashes.includes("-h")) {
@@ -158,6 +161,7 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     return 0;
   }
   const api = apiOf(group, sub);
+  const command = `${group} ${sub.name}`;
   const specs = { ...sub.options, ...api.options, ...COMMON_OPTIONS };
   const usage = [`usage: hatch-proxy ${sub.synopsis}`, `(hatch-proxy ${group} ${sub.name} --help for the options)`];
   let values: Record<string, string | boolean | string[] | undefined>;
@@ -172,16 +176,16 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     values = parsed.values as typeof values;
     positionals = parsed.positionals;
   } catch (err) {
-    return usageError(parseArgsMessage(err, `${group} ${sub.name}`), usage);
+    return usageError(parseArgsMessage(err, `${group} ${sub.name}`), usage, command);
   }
   if (positionals.length < sub.positionals.length) {
-    return usageError(`${group} ${sub.name}: missing <${sub.positionals[positionals.length]}>`, usage);
+    return usageError(`${group} ${sub.name}: missing <${sub.positionals[positionals.length]}>`, usage, command);
   }
   if (positionals.length > sub.positionals.length) {
-    return usageError(`${group} ${sub.name}: unexpected argument ${JSON.stringify(positionals[sub.positionals.length])}`, usage);
+    return usageError(`${group} ${sub.name}: unexpected argument ${JSON.stringify(positionals[sub.positionals.length])}`, usage, command);
   }
   for (const [i, name] of sub.positionals.entries()) {
-    if (!positionals[i]!.trim()) return usageError(`${group} ${sub.name}: <${name}> must not be empty`, usage);
+    if (!positionals[i]!.trim()) return usageError(`${group} ${sub.name}: <${name}> must not be empty`, usage, command);
   }
 
   const print = Object.assign(
@@ -196,14 +200,14 @@ export async function runPeopleCommand(argv: string[], env: Env, streams: People
     await sub.run({ target, args: positionals, values, fetch: streams.fetch ?? fetch, print });
     return 0;
   } catch (err) {
-    if (err instanceof UsageError) return usageError(err.message, usage);
+    if (err instanceof UsageError) return usageError(err.message, usage, command);
     if (err instanceof CliError) {
-      if (json) jsonError({ error: err.apiError ?? err.message, ...(err.status !== undefined && { status: err.status }), ...(err.hint && { hint: err.hint }) });
+      if (json) jsonError({ error: err.apiError ?? err.message, ...(err.status !== undefined && { status: err.status }), hint: callHint(err, command, api.label) });
       else for (const line of [`error: ${err.message}`, ...(err.hint ? [err.hint] : [])].join("\n").split("\n")) io.err(line);
       return 1;
     }
     const message = `unexpected failure: ${(err as Error)?.message ?? String(err)}`;
-    if (json) jsonError({ error: message });
+    if (json) jsonError({ error: message, hint: BUG_HINT });
     else io.err(`error: ${message}`);
     return 1;
   }

@@ -5,9 +5,11 @@ import { createHash } from "node:crypto";
 import { sql, type SQL } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import type { Options, Sql } from "postgres";
+import type { PGlite } from "@electric-sql/pglite";
 import { lockDirectory } from "./data-dir-lock.ts";
 import { guardedQuery, watchedDialer, withDeadline } from "./deadline.ts";
 import { DatabaseTimeoutError } from "./errors.ts";
+import { createPglite } from "./pglite.ts";
 import * as schema from "./schema.ts";
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
@@ -198,21 +200,26 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<Database> {
   };
 }
 
-async function openPglite(dataDir: string | undefined): Promise<Database> {
-  const { PGlite } = await import("@electric-sql/pglite");
+/** Applies the migrations to a PGlite instance; returns drizzle on it. */
+export async function migratePglite(pg: PGlite) {
   const { drizzle } = await import("drizzle-orm/pglite");
   const { migrate } = await import("drizzle-orm/pglite/migrator");
+  const db = drizzle(pg, { schema });
+  await migrate(db, { migrationsFolder: MIGRATIONS_DIR });
+  return db;
+}
+
+async function openPglite(dataDir: string | undefined): Promise<Database> {
   if (dataDir) mkdirSync(dataDir, { recursive: true });
   const releaseLock = dataDir ? lockDirectory(dataDir) : () => {};
-  let pg: InstanceType<typeof PGlite>;
+  let pg: PGlite;
   try {
-    pg = dataDir ? await PGlite.create(dataDir) : await PGlite.create();
+    pg = await createPglite(dataDir);
   } catch (err) {
     releaseLock();
     throw err;
   }
-  const db = drizzle(pg, { schema });
-  await migrate(db, { migrationsFolder: MIGRATIONS_DIR });
+  const db = await migratePglite(pg);
   const locks = new Map<string, Promise<unknown>>();
   return {
     kind: "pglite",

@@ -19,7 +19,10 @@ export interface TraefikEndpointDeps {
    * a missing address must never open the endpoint. Tests inject their own.
    */
   clientAddress?: (c: Context) => string | undefined;
-  /** Called for every poll answered with the config (200 or 304): a Traefik follows this API. */
+  /**
+   * Called for every poll from a Traefik answered with the config (200 or 304): a Traefik follows
+   * this API. A person reading it (curl, a browser) is not one.
+   */
   onPoll?: () => void;
 }
 
@@ -37,6 +40,15 @@ export function isLoopback(address: string | undefined): boolean {
   if (!address) return false;
   const a = address.toLowerCase().replace(/^::ffff:/, "");
   return a === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a);
+}
+
+/**
+ * True for a request from Traefik's HTTP provider: it sends Go's default User-Agent
+ * (`Go-http-client/1.1`, `/2.0`), unless its `providers.http.headers` name one, which then says
+ * traefik. curl, browsers and scripts send their own.
+ */
+export function isTraefikPoll(userAgent: string | undefined): boolean {
+  return userAgent !== undefined && (/^Go-http-client\//.test(userAgent) || /traefik/i.test(userAgent));
 }
 
 // Any of these means the request was relayed (e.g. by Traefik itself on loopback): the socket peer
@@ -173,7 +185,7 @@ export function traefikEndpoint(service: ConfigService, deps: TraefikEndpointDep
       return c.json({ error: `traefik config not built yet: ${service.notReadyReason()}` }, 503);
     }
     const etag = format === "json" ? snap.etag : snap.yamlEtag;
-    if (format === "json") deps.onPoll?.();
+    if (format === "json" && isTraefikPoll(header(c, "user-agent"))) deps.onPoll?.();
     if (matchesIfNoneMatch(header(c, "if-none-match"), etag)) {
       return new Response(null, { status: 304, headers: { etag, "cache-control": "private, no-cache" } });
     }

@@ -17,6 +17,8 @@ import type { VmDirectory, VmPlatform } from "../vms/platform.ts";
 import { upstreamRequestHeaders } from "./headers.ts";
 import { createHttpResponder } from "./http-responder.ts";
 import type { Resolved, ResponderDeps } from "./proxy-context.ts";
+import { answerClientError } from "./client-error.ts";
+import { isMetricsScrape, sendMetrics } from "./metrics-endpoint.ts";
 import { createRouteCache } from "./resolve.ts";
 import { createResolver } from "./resolver.ts";
 import { createUpgradeResponder } from "./upgrade-responder.ts";
@@ -49,7 +51,7 @@ export interface WakeProxyOptions {
 export interface WakeProxy {
   handleRequest(req: IncomingMessage, res: ServerResponse): void;
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
-  /** The proxy's metrics registry (the API merges it into /metrics). */
+  /** The proxy's metrics registry (the API merges it into /metrics; a sidecar also serves it itself). */
   readonly registry: Registry;
   /** Stops listeners and timers; held requests get 503. */
   close(): Promise<void>;
@@ -99,6 +101,13 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
   return {
     registry: lifecycle.metrics.registry,
     handleRequest(req, res) {
+      if (!opts.embedded && isMetricsScrape(req, config.baseDomain)) {
+        sendMetrics(res, lifecycle.metrics.registry).catch((err: unknown) => {
+          log.error("metrics failed", { err });
+          res.destroy();
+        });
+        return;
+      }
       void resolve(req).then((r) => serveHttp(req, res, r));
     },
     handleUpgrade(req, socket, head) {
@@ -120,8 +129,10 @@ export function createWakeProxy(deps: WakeDeps, opts: WakeProxyOptions): WakePro
 export function startWakeServer(proxy: WakeProxy, addr: ListenAddr): Promise<Listening> {
   // Kept-alive connections outlive Traefik's idle timeout (90 s), so Traefik never reuses one this
   // server has just closed.
-  const server = createServer({ keepAliveTimeout: 95_000 }, proxy.handleRequest);
+  // Without a Host header Node would answer 400 with an empty body; the proxy answers it in JSON.
+  const server = createServer({ keepAliveTimeout: 95_000, requireHostHeader: false }, proxy.handleRequest);
   server.on("upgrade", proxy.handleUpgrade);
+  server.on("clientError", answerClientError);
   // A deep accept queue: a thousand clients arriving at once for a sleeping VM is the point.
   // Requests still running at close get a second to finish, then their connections are cut.
   return listen(server, addr, { backlog: 4096, graceMs: 1000 });

@@ -19,7 +19,7 @@ export type HostMatch = { ok: true; subdomain: string } | { ok: false; message: 
  * name lower-cased; it must be exactly one label under `baseDomain`.
  */
 export function subdomainOf(host: string | undefined, baseDomain: string): HostMatch {
-  if (!host) return { ok: false, message: "no subdomain in host header" };
+  if (!host?.trim()) return { ok: false, message: "missing Host header" };
   let name = host.trim().toLowerCase();
   if (name.startsWith("[")) {
     // An IPv6 literal can never be under a DNS base domain.
