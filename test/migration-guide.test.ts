@@ -209,7 +209,7 @@ describe.runIf(pg && bin)("the README's migration guide, walked on a stand-in Ha
     const checks = step(steps, /^Check it worked/);
     const port = traefik!.entryPort;
     // Before its owner calls hatch-proxy with their key, an imported route's VM cannot be acted on: a 503 that says so.
-    expect(step(steps, /^Import the routes/)).toContain("503 `hatch-proxy holds\n   no key for this vm");
+    expect(step(steps, /^Import the routes/)).toMatch(/503 `hatch-proxy holds\s+no key for this vm/);
     const dark = await viaFront(port, `wiki.${BASE}`, "/");
     expect([dark.status, JSON.parse(dark.body).error]).toEqual([503, expect.stringMatching(/^hatch-proxy holds no key for this vm: .*has not called hatch-proxy's API with their key/)]);
     // `curl -H "Authorization: Bearer $KEY" https://api.<base>/healthz`
