@@ -105,11 +105,11 @@ describe("vms commands against the simulator", () => {
     await run(["vms", "restore", vmId]);
   });
 
-  it("a refused transition exits 1 with the platform's text", async () => {
+  it("a refused transition exits 1 with the platform's text (Hatch's 500)", async () => {
     expect(await run(["vms", "restore", vmId])).toEqual({
       code: 1,
       out: "",
-      err: "error: vm must be snapshotted to restore (current state: running) (HTTP 409)\n",
+      err: "error: vm must be snapshotted to restore (current state: running) (HTTP 500)\n",
     });
     expect(await run(["vms", "get", "vm_nope"])).toEqual({ code: 1, out: "", err: "error: not found (HTTP 404)\n" });
     expect(await run(["vms", "create", "--port", "70000"])).toEqual({

@@ -200,6 +200,7 @@ describe("vms activity and vms sleep against the full stack", () => {
       idle_timeout_s: 3600,
       sleeps_at: null,
       sleep: null,
+      sleep_blocked: null,
       platform_access: { status: "ok", detail: null },
     });
   });

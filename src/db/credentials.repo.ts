@@ -33,6 +33,12 @@ export async function storeCredential(d: Database, c: StoredCredential): Promise
   });
 }
 
+/** True when `owner` has at least one route (an index lookup). */
+export async function ownerHasRoutes(d: Database, owner: string): Promise<boolean> {
+  const rows = await queryRows<{ one: number }>(d, sql`select 1 as one from routes where owner = ${owner} limit 1`);
+  return rows.length > 0;
+}
+
 /** The key kept for `owner`, if any. */
 export async function getCredential(d: Database, owner: string): Promise<StoredCredential | undefined> {
   const [row] = await queryRows<{ owner: string; sealed: string; key_digest: string; key_id: string }>(

@@ -11,15 +11,19 @@ import type { Failure } from "./failure.ts";
 
 export class AddressGuard {
   private readonly index: AddressIndex;
-  private readonly refused: Counter;
+  private readonly refused: { inc(): void };
   private readonly told = new Set<string>();
 
   constructor(
     directory: Pick<VmDirectory, "all" | "version">,
     private readonly log: Logger,
-    registry: Registry,
+    registry: Registry | undefined,
   ) {
     const index = (this.index = new AddressIndex(directory));
+    if (!registry) {
+      this.refused = { inc() {} };
+      return;
+    }
     this.refused =
       (registry.getSingleMetric("hatch_guest_address_conflict_refusals_total") as Counter | undefined) ??
       new Counter({ name: "hatch_guest_address_conflict_refusals_total", help: "Requests refused because another running VM claims their VM's guest address.", registers: [registry] });

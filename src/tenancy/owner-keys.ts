@@ -6,15 +6,13 @@
  * route (the database does that: drizzle/0005). Keys live in memory only as long as they are used.
  */
 import type { Database } from "../db/client.ts";
-import { getCredential, routedOwners, storeCredential, type StoredCredential } from "../db/credentials.repo.ts";
+import { getCredential, ownerHasRoutes, routedOwners, storeCredential, type StoredCredential } from "../db/credentials.repo.ts";
 import type { Logger } from "../log.ts";
 import { VmAccessError } from "../vms/platform.ts";
 import { CredentialVault, SealBrokenError } from "./vault.ts";
 
 /** A key read from the database is trusted this long before it is read again (another replica may have replaced it). */
 const KEY_TTL_MS = 60_000;
-/** An owner found without routes is not written for again this long, unless they just created one. */
-const NO_ROUTES_TTL_MS = 5000;
 /** A key the platform refused is not sent again for this long (unless its owner brings another). */
 const REJECTED_TTL_MS = 60_000;
 const MAX_CACHED = 100_000;
@@ -43,7 +41,6 @@ export interface OwnerKeysOptions {
 
 export class OwnerKeys {
   private readonly keys = new Map<string, Cached>();
-  private readonly noRoutesUntil = new Map<string, number>();
   private readonly refused = new Map<string, { digest: string; at: number }>();
   private readonly brokenLogged = new Set<string>();
   private readonly now: () => number;
@@ -69,16 +66,15 @@ export class OwnerKeys {
     const now = this.now();
     const cached = this.keys.get(owner);
     if (cached?.digest === digest && now - cached.at < KEY_TTL_MS) return;
-    if (!created && (this.noRoutesUntil.get(owner) ?? 0) > now) return;
     try {
+      // A read first: most calls of a user without routes then write nothing. (Not remembered: their
+      // routes may be imported or made by another replica a moment later.)
+      if (!created && !(await ownerHasRoutes(this.opts.database, owner))) return;
       const kept = await storeCredential(this.opts.database, { owner, sealed: vault.seal(owner, key), keyDigest: digest, keyId: vault.keyId });
       if (!kept) {
-        this.trim(this.noRoutesUntil);
-        this.noRoutesUntil.set(owner, now + NO_ROUTES_TTL_MS);
         this.keys.delete(owner);
         return;
       }
-      this.noRoutesUntil.delete(owner);
       this.trim(this.keys);
       this.keys.set(owner, { digest, key, at: now });
       if (this.refused.get(owner)?.digest !== digest) this.refused.delete(owner);

@@ -27,7 +27,8 @@ export interface SleepTraefik {
 /** Starts everything; the stack begins with idle sleep off. */
 export async function startSleepTraefik(bin: string, ipPrefix: string): Promise<SleepTraefik> {
   const kind = (await dbKinds()).includes("postgres") ? "postgres" : "pglite";
-  const simulator = await standaloneSimulator(ipPrefix, 200);
+  // Twenty sleeps of one VM: past Hatch's 10 snapshots, so this suite lifts the limit.
+  const simulator = await standaloneSimulator(ipPrefix, 200, undefined, { snapshotLimit: 0 });
   const db = await stackDatabase(kind);
   const ports: StackPorts = await stackPorts();
   const tports = await traefikPorts();

@@ -9,16 +9,25 @@ import { testConfig, type Config } from "../../src/config.ts";
 import { silentLogger, type Logger } from "../../src/log.ts";
 import { addEmbeddedProxy, startStack, type Stack } from "../../src/stack.ts";
 import type { SleeperOptions } from "../../src/lifecycle/sleeper.ts";
-import { createSimulator, type Simulator } from "../../src/vms/simulator/index.ts";
+import { createSimulator, type Simulator, type SimulatorOptions } from "../../src/vms/simulator/index.ts";
+import { simNetworkOptions } from "./sim-network.ts";
 import { freshDb, type DbKind, type TestDb } from "./db.ts";
 import { freePort } from "./env.ts";
 import { seededDataDir } from "./pglite-template.ts";
 
 export const API_KEY = "sleep-test-key";
 
-/** A simulator with its Hatch-compatible API on a free loopback port (`users`: HATCH_SIM_USERS, key → user). */
-export async function standaloneSimulator(ipPrefix: string, restoreMs = 200, users?: ReadonlyMap<string, string>): Promise<{ sim: Simulator; url: string; close(): Promise<void> }> {
-  const sim = await createSimulator({ ipPrefix, restoreMs, users });
+/**
+ * A simulator with its Hatch-compatible API on a free loopback port (`users`: HATCH_SIM_USERS, key →
+ * user; `extra`: more of its settings), its VMs on the network under test (see sim-network.ts).
+ */
+export async function standaloneSimulator(
+  ipPrefix: string,
+  restoreMs = 200,
+  users?: ReadonlyMap<string, string>,
+  extra: Partial<SimulatorOptions> = {},
+): Promise<{ sim: Simulator; url: string; close(): Promise<void> }> {
+  const sim = await createSimulator({ ipPrefix, restoreMs, users, ...simNetworkOptions(ipPrefix), ...extra });
   const served = await sim.listen({ host: "127.0.0.1", port: 0 });
   return {
     sim,
