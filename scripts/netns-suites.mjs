@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-export const BRIDGE_SUITES = [
+const BRIDGE_SUITES = [
   "test/bridge-hatch.test.ts",
   "test/sleep-traefik-loss.test.ts",
   "test/sleep-traefik-idle.test.ts",
@@ -43,7 +43,8 @@ function run(file) {
     let out = "";
     child.stdout.on("data", (c) => (out += c));
     child.stderr.on("data", (c) => (out += c));
-    child.on("exit", (code, signal) => resolve({ file, code: code ?? 1, signal, out, ms: Date.now() - started }));
+    // eslint-disable-next-line no-control-regex
+    child.on("exit", (code, signal) => resolve({ file, code: code ?? 1, signal, out: out.replace(/\x1b\[[0-9;]*m/g, ""), ms: Date.now() - started }));
   });
 }
 

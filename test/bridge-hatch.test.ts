@@ -143,7 +143,12 @@ describe(`Hatch's quirks, on the ${simNetwork} network`, () => {
       // As Hatch's own idle monitor would: straight to the platform, paused (still running) first.
       const snap = await platform("POST", `/vms/${vm.id}/snapshot`);
       expect(snap.status).toBe(201);
-      await waitFor(async () => (await platform("GET", `/vms/${vm.id}`)).json.state === "running", "the vm woken again", 20_000);
+      try {
+        await waitFor(async () => (await platform("GET", `/vms/${vm.id}`)).json.state === "running", "the vm woken again", 20_000);
+      } catch (err) {
+        console.log(`[bridge-hatch] not woken: ${failed.length} failed (${failed.slice(0, 5).join("; ")}), state ${(await platform("GET", `/vms/${vm.id}`)).json.state}\n${logs.slice(-30).join("\n")}`);
+        throw err;
+      }
     }
     stop = true;
     await Promise.all(clients);

@@ -17,7 +17,7 @@ export interface HatchClientOptions {
 const VmSchema = v.looseObject({
   id: v.pipe(v.string(), v.minLength(1)),
   state: v.string(),
-  guest_ip: v.string(),
+  guest_ip: v.optional(v.string()),
 });
 // Go encodes an empty slice as null.
 const VmListSchema = v.nullable(v.array(VmSchema));

@@ -20,6 +20,12 @@ export type ForwardResult =
   /** The connection dropped before any response; `reused` = on a kept-alive socket (the VM may have closed it). */
   | { ok: false; reason: "reset"; reused: boolean }
   | { ok: false; reason: "timeout"; phase: "connect" | "response" }
+  /**
+   * Sent on a kept-alive socket to a VM that, asked after `staleAfterMs` without an answer, no longer
+   * takes connections: Hatch froze it (a VM paused for a snapshot drops packets; its connections
+   * hang without a FIN or a reset). `sent` = the request's body (if any) had left.
+   */
+  | { ok: false; reason: "stale"; sent: boolean }
   | { ok: false; reason: "client-gone" }
   | { ok: false; reason: "error"; error: Error };
 
@@ -34,6 +40,18 @@ export interface ForwardOptions {
   connectTimeoutMs: number;
   /** Longest wait for the response head once connected (then 504). */
   responseTimeoutMs: number;
+  /**
+   * On a reused socket with no response head after `staleAfterMs`, `alive()` is asked (a fresh
+   * connect to the VM, say); false ends the attempt as `stale` instead of waiting out the response
+   * timeout on a connection the VM will never answer.
+   */
+  stale?: { afterMs: number; alive(): Promise<boolean> } | undefined;
+}
+
+class ForwardStale extends Error {
+  constructor() {
+    super("upstream connection went silent: the vm no longer takes connections");
+  }
 }
 
 class ForwardTimeout extends Error {
@@ -103,10 +121,21 @@ export function forwardRequest(req: IncomingMessage, res: ServerResponse, target
     };
     res.once("close", onClientClose);
 
+    let staleTimer: NodeJS.Timeout | undefined;
     const onConnected = () => {
       connected = true;
       if (timer) clearTimeout(timer);
       timer = setTimeout(() => up.destroy(new ForwardTimeout("response")), opts.responseTimeoutMs);
+      const stale = opts.stale;
+      if (stale && up.reusedSocket) {
+        staleTimer = setTimeout(() => {
+          void stale.alive().then((ok) => {
+            if (!ok && !settled) up.destroy(new ForwardStale());
+          });
+        }, stale.afterMs);
+        up.once("response", () => clearTimeout(staleTimer));
+        up.once("close", () => clearTimeout(staleTimer));
+      }
       if (opts.body) up.end(opts.body);
       else if (hasNoBody(req)) up.end();
       else {
@@ -128,6 +157,7 @@ export function forwardRequest(req: IncomingMessage, res: ServerResponse, target
         return;
       }
       if (err instanceof ForwardTimeout) finish({ ok: false, reason: "timeout", phase: err.phase });
+      else if (err instanceof ForwardStale) finish({ ok: false, reason: "stale", sent: !hasNoBody(req) || opts.body !== undefined });
       else if (!connected && err.code === "ECONNREFUSED") finish({ ok: false, reason: "refused" });
       else if (!connected && UNREACHABLE.has(err.code ?? "")) finish({ ok: false, reason: "unreachable", code: err.code! });
       else if (err.code === "ECONNRESET" || err.code === "EPIPE") finish({ ok: false, reason: "reset", reused: up.reusedSocket });

@@ -10,7 +10,29 @@ import { WakeAnswers } from "./answers.ts";
 import { declaredLength, hasNoBody, readBody } from "./body.ts";
 import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
 import { wantsWakingPage } from "./page.ts";
-import { CLIENT_GONE, coldHeaders, coldList, forwardFailure, isIdempotent, REPLAY_RETRY_MS, type ResponderDeps, type Resolved, type Routed } from "./proxy-context.ts";
+import { probeOnce } from "../lifecycle/ready.ts";
+import { CLIENT_GONE, coldHeaders, coldList, dropPooled, forwardFailure, isIdempotent, REPLAY_RETRY_MS, type ResponderDeps, type Resolved, type Routed } from "./proxy-context.ts";
+
+/** Calls back when the client leaves before its answer is done (at once when it already has). */
+function goneWatch(res: ServerResponse): (cb: () => void) => () => void {
+  return (cb) => {
+    // The client may have left while the route was being resolved: 'close' has already fired.
+    if (res.destroyed) {
+      queueMicrotask(cb);
+      return () => {};
+    }
+    const listener = () => {
+      if (!res.writableFinished) cb();
+    };
+    res.once("close", listener);
+    return () => res.off("close", listener);
+  };
+}
+
+/** How long a request on a reused connection waits for an answer before the VM is checked (a paused VM never answers). */
+const STALE_AFTER_MS = 1000;
+/** How long that check's fresh connect may take. */
+const STALE_PROBE_MS = 500;
 
 /** The handler for a resolved plain HTTP request; never rejects (errors become answers). */
 export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, res: ServerResponse, resolved: Resolved) => Promise<void> {
@@ -65,14 +87,21 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       headers: ctx.headersFor(req),
       connectTimeoutMs: ctx.connectTimeoutMs,
       responseTimeoutMs: config.wakeTimeoutMs,
+      // A kept-alive connection to a VM frozen for a snapshot never answers: check the VM after a while.
+      stale: { afterMs: STALE_AFTER_MS, alive: () => probeOnce(target.host, port, STALE_PROBE_MS) },
     });
     if (r.ok) return countForwarded(req, d.vm, d.subdomain, r.status, started);
+    if (r.reason === "stale") {
+      dropPooled(ctx.agent, target.host, port);
+      // Nothing of a GET had to leave the socket to be lost: ask what the VM is, as for a VM not reached.
+      if (r.sent || !isIdempotent(req.method)) return sendForwardFailure(res, r, port);
+    }
     if (r.reason === "reset" && r.reused && !retried && hasNoBody(req) && isIdempotent(req.method)) {
       // A kept-alive socket the VM had closed (it may have just gone to sleep): one fresh try.
       return forwardRunning(req, res, d, true, deadline);
     }
-    // Nothing reached the VM: no route to it, or no answer to the connect in time.
-    const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
+    // Nothing reached the VM: no route to it, no answer to the connect in time, or a frozen connection.
+    const unreachable = r.reason === "unreachable" || r.reason === "stale" || (r.reason === "timeout" && r.phase === "connect");
     if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
     if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
@@ -106,19 +135,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     body?.catch(() => {});
     // A fallback's answer is always shown as a 307 (Traefik rewrites its status): no waking page.
     const pageAfter = config.wakePageAfterMs > 0 && wantsWakingPage(req) && !d.fallback ? config.wakePageAfterMs : 0;
-    const onGone = (cb: () => void) => {
-      // The client may have left while the route was being resolved: 'close' has already fired.
-      if (res.destroyed) {
-        queueMicrotask(cb);
-        return () => {};
-      }
-      const listener = () => {
-        if (!res.writableFinished) cb();
-      };
-      res.once("close", listener);
-      return () => res.off("close", listener);
-    };
-    const o = await lifecycle.hold(d.route, d.subdomain, onGone, body, pageAfter);
+    const o = await lifecycle.hold(d.route, d.subdomain, goneWatch(res), body, pageAfter);
     switch (o.kind) {
       case "full":
         return sendFailure(res, lifecycle.tooManyWaiters(d.route.vmId));
@@ -137,6 +154,8 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
         return sendFailure(res, { ...o.failure, headers: { ...o.failure.headers, ...coldHeaders(waitStart) } });
       case "ready":
         if (d.fallback) return sendRetry(res, req.url ?? "/", waitStart);
+        // Kept-alive sockets from before the sleep are dead or frozen: replays open fresh ones.
+        dropPooled(ctx.agent, o.vm.guest_ip!, d.route.targetPort);
         tracked(res, d.route.vmId);
         return replay(req, res, d, o.vm, o.body ?? Buffer.alloc(0), o.deadline, waitStart);
     }
@@ -144,28 +163,42 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
 
   async function replay(req: IncomingMessage, res: ServerResponse, d: Routed, vm: Vm, body: Buffer, deadline: number, waitStart: number): Promise<void> {
     const port = d.route.targetPort;
-    const target: Target = { host: vm.guest_ip!, port };
     const headers = ctx.headersFor(req);
     for (let attempt = 0; ; attempt++) {
-      const extra = coldList(waitStart);
+      const target: Target = { host: vm.guest_ip!, port };
       const r: ForwardResult = await forwardRequest(req, res, target, {
         agent: ctx.agent,
         headers,
         body,
-        extraResponseHeaders: extra,
+        extraResponseHeaders: coldList(waitStart),
         connectTimeoutMs: ctx.connectTimeoutMs,
         responseTimeoutMs: config.wakeTimeoutMs,
       });
       if (r.ok) return countForwarded(req, vm, d.subdomain, r.status, waitStart);
       // Only a connection that never carried a byte is retried (refused, or not reached), so nothing runs twice.
-      const notReached = r.reason === "refused" || r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
-      const again = notReached || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
+      const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
+      const again = r.reason === "refused" || unreachable || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
       if (!again || Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) {
         return sendForwardFailure(res, r, port, coldHeaders(waitStart));
+      }
+      if (unreachable) {
+        // Not reached after its wake: it may have been put to sleep again meanwhile. Then it waits
+        // for the next wake, its body still held.
+        const next = await lifecycle.whenNotReached(d.route, "unreachable");
+        if (next.kind === "fail") return sendFailure(res, { ...next.failure, headers: { ...next.failure.headers, ...coldHeaders(waitStart) } });
+        if (next.kind === "hold") {
+          const o = await lifecycle.hold(d.route, d.subdomain, goneWatch(res), Promise.resolve(body), 0);
+          if (o.kind !== "ready") return o.kind === "gone" ? void metrics.request(CLIENT_GONE) : sendFailure(res, o.kind === "failure" ? o.failure : lifecycle.tooManyWaiters(d.route.vmId));
+          dropPooled(ctx.agent, o.vm.guest_ip!, port);
+          vm = o.vm;
+          deadline = o.deadline;
+        }
+        continue;
       }
       await new Promise((r) => setTimeout(r, REPLAY_RETRY_MS));
     }
   }
+
 
   function countForwarded(req: IncomingMessage, vm: Vm, subdomain: string, status: number, started: number) {
     metrics.request(status);

@@ -55,6 +55,8 @@ export function forwardFailure(ctx: ResponderDeps, r: Exclude<ForwardResult | Up
       return { status: 502, error: `vm port ${port} refused the connection` };
     case "unreachable":
       return { status: 502, error: `vm port ${port} could not be reached (${r.code})` };
+    case "stale":
+      return { status: 502, error: `vm port ${port} went silent on a kept-alive connection (the vm was paused); the request may not have run` };
     case "reset":
       return { status: 502, error: `vm port ${port} closed the connection before answering` };
     case "timeout":
@@ -75,6 +77,16 @@ export function coldHeaders(waitStart: number): Record<string, string> {
 }
 export function coldList(waitStart: number): string[] {
   return ["Server-Timing", `wake;dur=${Math.round(performance.now() - waitStart)}`, "X-Hatch-Cold-Start", "1"];
+}
+
+/**
+ * Ends the idle kept-alive sockets `agent` holds to host:port. On Hatch's network a VM that was
+ * paused for a snapshot leaves its connections frozen (no FIN, no reset): after it sleeps or wakes,
+ * a request sent on one would wait for an answer that never comes, or meet a reset.
+ */
+export function dropPooled(agent: Agent, host: string, port: number): void {
+  const name = agent.getName({ host, port });
+  for (const socket of agent.freeSockets[name] ?? []) socket.destroy();
 }
 
 /** The JSON body of a failure. */

@@ -8,6 +8,7 @@
  *   snapshotted is a black hole, a snapshotted one unreachable after seconds of ARP
  *   (network/bridge.ts).
  */
+import type { Server } from "node:net";
 import type { Logger } from "../../log.ts";
 import { openGuestServers } from "./guest-server.ts";
 import { createIpPool, type IpPool } from "./ip-pool.ts";
@@ -24,6 +25,11 @@ export interface GuestNetwork {
   /** Holds a saved VM's address again; false when another VM or simulator holds it. */
   claim(ip: string): Promise<boolean>;
   release(ip: string): void;
+  /**
+   * A restore has begun: what can be made ahead is made (on the bridge, the VM's namespace, link
+   * and servers, the link kept down), so `open` at the end of the restore only brings it up.
+   */
+  prepare?(e: Entry): Promise<void>;
   /** The VM boots: its guest servers listen on its address. */
   open(e: Entry): Promise<void>;
   /** A snapshot begins: the VM stops answering but keeps its connections (frozen) and its address. */
@@ -141,16 +147,34 @@ export class BridgeGuestNetwork implements GuestNetwork {
     this.bridge.release(ip);
   }
 
+  /** VMs whose link and servers a restore made ahead, down until open(). */
+  private readonly prepared = new Set<string>();
+
+  async prepare(e: Entry): Promise<void> {
+    // A second restore meanwhile replaces the first one's guest (Hatch: it deletes its tap).
+    if (e.servers) await closeServers(e);
+    if (!this.bridge.describe(e.rec.id)) return;
+    await this.link(e, () => this.bridge.relink(e.rec.id, e.rec.guest_ports, true));
+    this.prepared.add(e.rec.id);
+  }
+
   async open(e: Entry): Promise<void> {
     const id = e.rec.id;
-    const listening = this.bridge.describe(id)
-      ? await this.bridge.relink(id, e.rec.guest_ports)
-      : await this.bridge.attach(id, e.rec.guest_ip!, e.rec.guest_ports, { mac: e.rec.guest_mac });
+    if (this.prepared.delete(id) && e.servers) return this.bridge.resume(id);
+    await this.link(e, () =>
+      this.bridge.describe(id) ? this.bridge.relink(id, e.rec.guest_ports) : this.bridge.attach(id, e.rec.guest_ip!, e.rec.guest_ports, { mac: e.rec.guest_mac }),
+    );
+  }
+
+  /** Links the VM with `make` and serves its ports on the listeners it hands over; all or nothing. */
+  private async link(e: Entry, make: () => Promise<Map<number, Server>>): Promise<void> {
+    if (e.servers) await closeServers(e);
+    const listening = await make();
     try {
       await openServers(e, listening);
     } catch (err) {
       for (const s of listening.values()) s.close();
-      await this.bridge.unlink(id).catch(() => {});
+      await this.bridge.unlink(e.rec.id).catch(() => {});
       throw err;
     }
   }
@@ -160,6 +184,7 @@ export class BridgeGuestNetwork implements GuestNetwork {
   }
 
   async close(e: Entry): Promise<void> {
+    this.prepared.delete(e.rec.id);
     // The link goes first (Hatch deletes the tap): nothing the closing sockets send reaches anyone.
     if (this.bridge.describe(e.rec.id)?.state !== "unlinked") await this.bridge.unlink(e.rec.id).catch(() => {});
     await closeServers(e);

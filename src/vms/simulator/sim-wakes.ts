@@ -52,8 +52,14 @@ export class SimWakes {
     }
     const generation = e.generation;
     const lost = () => store.closed || store.entries.get(e.rec.id) !== e || e.generation !== generation;
+    // What the network can make ahead is made during the restore time, as Hatch recreates the tap then.
+    const prepared = (this.net.prepare?.(e) ?? Promise.resolve()).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     const run = async (): Promise<SimVm> => {
       await this.sleep(e.rec.restore_ms_override ?? this.opts.restoreMs);
+      const prepareError = await prepared;
       if (store.closed) throw new SimulatorError(503, "simulator is shutting down");
       if (lost()) throw new SimulatorError(404, "not found");
       const fail = (why: string) => {
@@ -68,8 +74,7 @@ export class SimWakes {
         throw fail("injected failure");
       }
       try {
-        // A restore that finishes second replaces the first one's guest (Hatch: it deletes its tap).
-        if (e.servers) await this.net.close(e);
+        if (prepareError) throw prepareError;
         await this.net.open(e);
       } catch (err) {
         if (lost()) throw new SimulatorError(404, "not found");

@@ -8,6 +8,7 @@
 import type { Server } from "node:net";
 import type { Logger } from "../../../log.ts";
 import { GuestLink } from "./guest-link.ts";
+import { GuestNamespace } from "./guest-namespace.ts";
 import { KeyedQueue } from "./keyed-queue.ts";
 import { anchorNames, bridgeNameError, createBridge, guestMac, removeBridge } from "./links.ts";
 import { assertBareNamespace, madeByThisProcess } from "./namespace-guard.ts";
@@ -163,11 +164,12 @@ export class BridgeNetwork {
    * As Hatch's restore: a fresh namespace and link with the same address and MAC, and new listening
    * servers. Connections from before stay in the old namespace, which has no link, so their peers
    * get a reset at their next retransmit. A VM still linked or paused is unlinked first.
+   * `paused`: made during the restore, the link stays down until resume().
    */
-  relink(vmId: string, ports: readonly number[]): Promise<GuestListeners> {
+  relink(vmId: string, ports: readonly number[], paused = false): Promise<GuestListeners> {
     return this.change(vmId, async (g) => {
       await this.cut(g);
-      return this.link(vmId, g, ports);
+      return this.link(vmId, g, ports, paused);
     });
   }
 
@@ -198,6 +200,7 @@ export class BridgeNetwork {
 
   private async teardown(): Promise<void> {
     await this.queue.drain();
+    await GuestNamespace.dropSpare();
     const errors: string[] = [];
     for (const [vmId, g] of this.guests) {
       await this.cut(g).then(
@@ -215,11 +218,10 @@ export class BridgeNetwork {
     this.log.info("simulator bridge network closed", { bridge: this.bridge });
   }
 
-  private async link(vmId: string, g: Guest, ports: readonly number[]): Promise<GuestListeners> {
-    const okPorts = ports.length > 0 && ports.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535) && new Set(ports).size === ports.length;
-    if (!okPorts) throw new Error(`guest ports must be distinct integers between 1 and 65535, got ${JSON.stringify(ports)}`);
+  private async link(vmId: string, g: Guest, ports: readonly number[], paused = false): Promise<GuestListeners> {
+    assertPorts(ports);
     const started = performance.now();
-    const { link, listeners } = await GuestLink.open({ bridge: this.bridge, subnet: this.subnet, ip: g.ip, mac: g.mac }, ports).catch((err: Error) => {
+    const { link, listeners } = await GuestLink.open({ bridge: this.bridge, subnet: this.subnet, ip: g.ip, mac: g.mac }, ports, paused).catch((err: Error) => {
       throw new Error(`cannot link vm ${vmId} (${g.ip}) to ${this.bridge}: ${err.message}`);
     });
     g.link = link;
@@ -248,4 +250,10 @@ export class BridgeNetwork {
   private assertOpen() {
     if (this.closed) throw new Error(`bridge network ${this.bridge} is closed`);
   }
+}
+
+/** Throws unless `ports` are distinct integers 1–65535 (at least one). */
+function assertPorts(ports: readonly number[]): void {
+  const ok = ports.length > 0 && ports.every((p) => Number.isInteger(p) && p >= 1 && p <= 65535) && new Set(ports).size === ports.length;
+  if (!ok) throw new Error(`guest ports must be distinct integers between 1 and 65535, got ${JSON.stringify(ports)}`);
 }

@@ -4,7 +4,7 @@
  */
 import type { Server } from "node:net";
 import { GuestNamespace } from "./guest-namespace.ts";
-import { createGuestLink, removeGuestLink, reserveHostVethName, setHostEnd } from "./links.ts";
+import { createGuestLink, forgetNeighbour, removeGuestLink, reserveHostVethName, setHostEnd } from "./links.ts";
 import type { Subnet } from "./subnet.ts";
 
 export interface GuestLinkSpec {
@@ -25,17 +25,19 @@ export class GuestLink {
 
   /**
    * A fresh namespace and veth for the guest, with one listening server per port inside it. The
-   * host end comes up only once every port listens, so nothing ever finds the guest refusing.
+   * host end comes up only once every port listens, so nothing ever finds the guest refusing;
+   * `paused`: it stays down (made during a restore, up with resume() when the restore ends).
    * All or nothing: on failure, what was made is removed.
    */
-  static async open(spec: GuestLinkSpec, ports: readonly number[]): Promise<{ link: GuestLink; listeners: Map<number, Server> }> {
-    const ns = await GuestNamespace.start();
+  static async open(spec: GuestLinkSpec, ports: readonly number[], paused = false): Promise<{ link: GuestLink; listeners: Map<number, Server> }> {
+    const ns = await GuestNamespace.take();
     const link = new GuestLink(spec, reserveHostVethName(spec.bridge), ns);
     const listeners = new Map<number, Server>();
     try {
       await createGuestLink({ ...spec, hostIf: link.hostIf, netnsPid: ns.pid });
       for (const port of ports) listeners.set(port, await ns.listen(spec.ip, port));
-      await setHostEnd(link.hostIf, true);
+      if (paused) link.paused = true;
+      else await link.up();
       return { link, listeners };
     } catch (err) {
       for (const s of listeners.values()) s.close();
@@ -59,8 +61,14 @@ export class GuestLink {
   }
 
   async resume(): Promise<void> {
-    await setHostEnd(this.hostIf, true);
+    await this.up();
     this.paused = false;
+  }
+
+  /** Host end up, and no ARP entry left from while the guest could not be reached. */
+  private async up(): Promise<void> {
+    await setHostEnd(this.hostIf, true);
+    await forgetNeighbour(this.spec.bridge, this.spec.ip);
   }
 
   /** Deletes the veth pair (and the bridge's ARP entry for the guest), then ends the helper, even when the first step failed. */

@@ -125,6 +125,13 @@ export async function createGuestLink(s: VethSpec): Promise<void> {
 export const setHostEnd = (hostIf: string, up: boolean) => ip("link", "set", hostIf, up ? "up" : "down");
 
 /**
+ * Forgets the bridge's ARP entry for a guest that has just come (back) up. Connects made while it
+ * was unreachable leave a FAILED entry behind, which the kernel only probes again a second later:
+ * without this, the first connect after a restore waited about half a second for ARP.
+ */
+export const forgetNeighbour = (bridge: string, ipAddr: string) => ip("neigh", "flush", "to", ipAddr, "dev", bridge);
+
+/**
  * Deletes a guest link (both ends) and forgets the bridge's ARP entry for its address. The kernel
  * keeps a REACHABLE entry for 15–45 s after the last confirmation; while it lasts, a connect to the
  * address is a black hole rather than the "no route to host" after ~3 s of ARP that Hatch shows for
