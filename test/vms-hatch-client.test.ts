@@ -165,8 +165,13 @@ describe("Hatch client against broken platforms (stub servers)", () => {
     expect(refused).toBeInstanceOf(PlatformUnavailableError);
     expect(refused.message).toBe("VM platform unavailable: GET /vms failed (ECONNREFUSED)");
 
-    handler = (_req, res) => json(res, 200, { id: "vm_a", state: "running" });
+    handler = (_req, res) => json(res, 200, { id: "vm_a" });
     expect((await failure(client().get("vm_a"))).message).toBe("VM platform unavailable: invalid VM object from GET /vms/vm_a");
+    handler = (_req, res) => json(res, 200, { id: "vm_a", state: "running", guest_ip: 7 });
+    expect((await failure(client().get("vm_a"))).message).toBe("VM platform unavailable: invalid VM object from GET /vms/vm_a");
+    // A VM made with enable_network false has no guest_ip on Hatch: valid, and followed without an address.
+    handler = (_req, res) => json(res, 200, { id: "vm_a", state: "running" });
+    expect(await client().get("vm_a")).toEqual({ id: "vm_a", state: "running" });
     handler = (_req, res) => res.writeHead(200).end("<html>");
     expect((await failure(client().list())).message).toBe("VM platform unavailable: invalid VM list from GET /vms");
     handler = (_req, res) => json(res, 200, null); // Go's empty slice
