@@ -15,13 +15,23 @@ export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<un
     const curl = type === "application/x-www-form-urlencoded" ? " (with curl -d, add -H 'Content-Type: application/json')" : "";
     throw new AppError(415, `unsupported content type "${type}": send application/json${curl}`);
   }
+  const bytes = await readBodyBytes(c, limit);
+  if (bytes === undefined) throw new AppError(400, "request body is empty: send a JSON object");
+  return parseJson(bytes.toString("utf8"));
+}
+
+/**
+ * A request body as bytes, read no further than `limit` (413 past it, declared or counted);
+ * undefined when the request has no body stream at all.
+ */
+export async function readBodyBytes(c: Context, limit: number): Promise<Buffer | undefined> {
   const declared = Number(c.req.header("content-length") ?? NaN);
   if (declared > limit) throw tooLarge(limit);
   // With a declared length (the usual case) the whole body is read at once: the Node adapter then
   // skips building a web stream. Only a chunked body is counted as it arrives.
-  if (Number.isInteger(declared) && declared >= 0) return parseJson(Buffer.from(await clientRead(c.req.arrayBuffer())).toString("utf8"));
+  if (Number.isInteger(declared) && declared >= 0) return Buffer.from(await clientRead(c.req.arrayBuffer()));
   const stream = c.req.raw.body;
-  if (!stream) throw new AppError(400, "request body is empty: send a JSON object");
+  if (!stream) return undefined;
   const chunks: Uint8Array[] = [];
   let size = 0;
   const reader = stream.getReader();
@@ -35,7 +45,7 @@ export async function readJsonBody(c: Context, limit = MAX_API_BODY): Promise<un
     }
     chunks.push(value);
   }
-  return parseJson(Buffer.concat(chunks).toString("utf8"));
+  return Buffer.concat(chunks);
 }
 
 function parseJson(text: string): unknown {
@@ -63,4 +73,5 @@ async function clientRead<T>(read: Promise<T>): Promise<T> {
   }
 }
 
-const tooLarge = (limit: number) => new AppError(413, `request body too large (limit ${limit / 1024} KiB)`);
+const tooLarge = (limit: number) =>
+  new AppError(413, `request body too large (limit ${limit >= 1024 * 1024 ? `${limit / (1024 * 1024)} MiB` : `${limit / 1024} KiB`})`);

@@ -55,7 +55,7 @@ export function buildOpenApiDocument(config: Config) {
     info: {
       title: "hatch-proxy route API",
       version: VERSION,
-      description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps. Every other call of Hatch's API (\`/vms\`, \`/vms/{id}\`, its snapshot, restore, stop, snapshots, metrics, exec) is relayed to the VM platform with the caller's credentials, and documented by Hatch.`,
+      description: `Hatch-compatible routes: \`<subdomain>.${config.baseDomain}\` → a port of a VM, woken on request when it sleeps. Every other call of Hatch's API (\`/vms\`, \`/vms/{id}\`, its snapshot, restore, stop, snapshots, metrics, exec, connect) is relayed to the VM platform with the caller's credentials (bodies up to 10 MiB), and documented by Hatch; exec and connect are listed here too.`,
     },
     security: [{ bearer: [] }, { apiKey: [] }],
     components: {
@@ -170,6 +170,44 @@ export function buildOpenApiDocument(config: Config) {
         },
       },
       "/traefik/config.yaml": { get: { summary: "The same configuration as YAML", security: [{ bearer: [] }], responses: { "200": { description: "YAML." } } } },
+      "/vms/{vm_id}/exec": {
+        post: {
+          summary: "Run a command in a VM (relayed to the VM platform)",
+          description: "Relayed to the VM platform as sent, with the caller's credentials. No total deadline: it lasts as long as the command and its caller. Bodies up to 10 MiB.",
+          parameters: [vmIdParam],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: { type: "object", required: ["command"], properties: { command: { type: "string" } } } } },
+          },
+          responses: {
+            "200": routeJson("The command's output, buffered.", {
+              type: "object",
+              properties: { stdout: { type: "string" }, stderr: { type: "string" }, exit_code: { type: "integer" } },
+            }),
+            "401": unauthorized,
+            "404": notFound,
+            "413": err("The body is over 10 MiB.", "request body too large (limit 10 MiB)"),
+            "503": unavailable,
+          },
+        },
+      },
+      "/vms/{vm_id}/connect": {
+        post: {
+          summary: "Sign an SSH key for a VM (relayed to the VM platform)",
+          description: "Relayed to the VM platform as sent, with the caller's credentials: a public key in, an SSH certificate for the VM's gateway out (the platform wakes a sleeping VM on connect).",
+          parameters: [vmIdParam],
+          requestBody: {
+            required: true,
+            content: { "application/json": { schema: { type: "object", required: ["public_key"], properties: { public_key: { type: "string" } } } } },
+          },
+          responses: {
+            "200": routeJson("The platform's answer (an SSH certificate and how to connect).", { type: "object" }),
+            "401": unauthorized,
+            "404": notFound,
+            "503": unavailable,
+          },
+        },
+      },
       "/healthz": { get: { summary: "Process is up", security: [], responses: { "200": { description: '{"status":"ok"}' } } } },
       "/readyz": { get: { summary: "Database, migrations and VM platform reachable", security: [], responses: { "200": { description: "Ready." }, "503": err("A check failed.", "not ready: database") } } },
       "/metrics": { get: { summary: "Prometheus metrics", security: [], responses: { "200": { description: "Text exposition format." } } } },

@@ -9,7 +9,14 @@ import { addrToUrl, formatDuration, type Config } from "../config.ts";
 import { AppError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { VmDirectory } from "../vms/platform.ts";
-import { MAX_API_BODY } from "./body.ts";
+import { CLIENT_CLOSED, readBodyBytes } from "./body.ts";
+
+/** Largest body relayed to the platform: a VM's `user_data` can be large. */
+export const RELAY_MAX_BODY = 10 * 1024 * 1024;
+/** Hatch's snapshot and stop run on the request: a relay that gives up early cancels them midway. */
+const SLEEP_CALL = /^\/vms\/[^/]+\/(snapshot|stop)\/?$/;
+/** Hatch's exec has no time limit: the relay keeps it while its caller does. */
+const EXEC_CALL = /^\/vms\/[^/]+\/exec\/?$/;
 
 /** Request headers never relayed: they describe one hop, or are set again for the next. */
 const DROP_REQUEST = new Set(["host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection", "content-length", "expect"]);
@@ -37,6 +44,12 @@ export function platformProxy(deps: PlatformProxyDeps) {
   // Restores block until the VM runs (seconds on a real Hatch): calls that change a VM get the wake timeout.
   const readTimeout = deps.config.platformTimeoutMs;
   const writeTimeout = Math.max(deps.config.platformTimeoutMs, deps.config.wakeTimeoutMs);
+  const deadlineOf = (method: string, path: string): number | undefined => {
+    if (method === "GET" || method === "HEAD") return readTimeout;
+    if (EXEC_CALL.test(path)) return undefined;
+    if (SLEEP_CALL.test(path)) return Math.max(writeTimeout, deps.config.platformSleepTimeoutMs);
+    return writeTimeout;
+  };
 
   return async (c: Context) => {
     const method = c.req.method;
@@ -44,21 +57,20 @@ export function platformProxy(deps: PlatformProxyDeps) {
     const query = new URL(c.req.url).search;
     const headers = new Headers();
     for (const [k, v] of c.req.raw.headers) if (!DROP_REQUEST.has(k.toLowerCase())) headers.set(k, v);
-    let body: Buffer | undefined;
-    if (method !== "GET" && method !== "HEAD") {
-      const declared = Number(c.req.header("content-length") ?? NaN);
-      if (declared > MAX_API_BODY) throw new AppError(413, `request body too large (limit ${MAX_API_BODY / 1024} KiB)`);
-      body = Buffer.from(await c.req.arrayBuffer());
-      if (body.length > MAX_API_BODY) throw new AppError(413, `request body too large (limit ${MAX_API_BODY / 1024} KiB)`);
-    }
-    const timeoutMs = method === "GET" || method === "HEAD" ? readTimeout : writeTimeout;
+    const body = method !== "GET" && method !== "HEAD" ? await readBodyBytes(c, RELAY_MAX_BODY) : undefined;
+    const timeoutMs = deadlineOf(method, path);
+    // The caller leaving ends the call, except a snapshot or stop: cut midway, Hatch would leave the
+    // VM paused, so it runs to its end. A deadline, where there is one, ends it too.
+    const gone = SLEEP_CALL.test(path) ? new AbortController().signal : c.req.raw.signal;
+    const signal = timeoutMs === undefined ? gone : AbortSignal.any([gone, AbortSignal.timeout(timeoutMs)]);
     let res: Response;
     try {
-      res = await doFetch(base + path + query, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual", signal: AbortSignal.timeout(timeoutMs) });
+      res = await doFetch(base + path + query, { method, headers, body: body ? new Uint8Array(body) : undefined, redirect: "manual", signal });
     } catch (err) {
+      if (gone.aborted) throw new AppError(CLIENT_CLOSED, "client closed the connection before the VM platform answered", { code: "client_closed_request" });
       const timedOut = (err as Error)?.name === "TimeoutError";
       deps.log.warn("vm platform call failed", { method, path, timed_out: timedOut, err });
-      if (timedOut) throw new AppError(504, `VM platform did not answer within ${formatDuration(timeoutMs)}`, { code: "platform_timeout" });
+      if (timedOut) throw new AppError(504, `VM platform did not answer within ${formatDuration(timeoutMs ?? 0)}`, { code: "platform_timeout" });
       throw new AppError(503, "VM platform unavailable: try again shortly", { code: "platform_unavailable", headers: { "Retry-After": "1" } });
     }
     const out = new Headers();
