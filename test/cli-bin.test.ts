@@ -4,17 +4,15 @@
  * as the shell sees them.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
+import { runCli } from "./helpers/cli.ts";
 import { serveRouteApi } from "./helpers/fakes.ts";
 
-const BIN = fileURLToPath(new URL("../bin/hatch-proxy.js", import.meta.url));
 const KEY = "bin-test-key-41c2";
 
 let sim: Simulator;
@@ -40,17 +38,9 @@ afterAll(async () => {
   rmSync(cwd, { recursive: true, force: true });
 });
 
-/** Runs the CLI with only the variables given (nothing leaks in from the test's environment). */
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [BIN, ...args],
-      { cwd, env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? cwd, HATCH_HTTP_ADDR: `127.0.0.1:${apiPort}`, HATCH_SIM_ADDR: simAddr, ...env }, timeout: 60_000 },
-      (error, stdout, stderr) => resolve({ code: error ? (typeof error.code === "number" ? error.code : -1) : 0, out: stdout, err: stderr }),
-    );
-  });
-}
+/** Runs the CLI in the test's directory, told where the route API and the simulator listen. */
+const cli = (args: string[], env: Record<string, string> = {}) =>
+  runCli(args, { cwd, env: { HATCH_HTTP_ADDR: `127.0.0.1:${apiPort}`, HATCH_SIM_ADDR: simAddr, ...env } });
 
 describe("hatch-proxy routes/vms through bin/hatch-proxy.js", { timeout: 60_000 }, () => {
   let vmId: string;

@@ -4,12 +4,12 @@
  * binary exists, with Traefik in front.
  */
 import { afterAll, describe, expect, it } from "vitest";
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawnSync } from "node:child_process";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { traefikBinary } from "./helpers/env.ts";
+import { startProduct, type Product } from "./helpers/front.ts";
 
 const repo = fileURLToPath(new URL("..", import.meta.url));
 const readme = readFileSync(join(repo, "README.md"), "utf8");
@@ -20,42 +20,6 @@ function walkthroughScript(): string {
   const m = /```sh\n([\s\S]*?)```/.exec(section);
   if (!m) throw new Error("README.md has no sh block under ## Walkthrough");
   return m[1]!;
-}
-
-interface Started {
-  child: ChildProcess;
-  dir: string;
-  output: () => string;
-  stop(): Promise<number | null>;
-}
-
-async function startProduct(env: Record<string, string>): Promise<Started> {
-  const dir = mkdtempSync(join(tmpdir(), "hatch-start-"));
-  let out = "";
-  const child = spawn(process.execPath, [join(repo, "bin/hatch-proxy.js"), "start"], {
-    cwd: dir,
-    env: { ...process.env, HATCH_LOG_LEVEL: "warn", HATCH_SIM_RESTORE_MS: "300", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  child.stdout!.on("data", (c) => (out += c));
-  child.stderr!.on("data", (c) => (out += c));
-  const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-  const deadline = Date.now() + 60_000;
-  while (!out.includes("Try it:")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`npm start did not come up:\n${out}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return {
-    child,
-    dir,
-    output: () => out,
-    async stop() {
-      child.kill("SIGINT");
-      const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 20_000))]);
-      rmSync(dir, { recursive: true, force: true });
-      return code;
-    },
-  };
 }
 
 function runWalkthrough(cwd: string) {
@@ -85,13 +49,23 @@ if (traefik) modes.push(["Traefik in front", { HATCH_PROXY_FRONT: "traefik", TRA
 else console.warn("[e2e-start] no Traefik binary: the Traefik-in-front walkthrough is SKIPPED");
 
 describe.each(modes)("npm start with %s", (_name, env) => {
-  let started: Started | undefined;
+  let started: Product | undefined;
+  /** Ctrl-C, as a person stops it; its exit code (null if it had to be killed after 20 s). */
+  const stop = async (p: Product) => {
+    p.child.kill("SIGINT");
+    const timer = setTimeout(() => p.child.kill("SIGKILL"), 20_000);
+    const code = await p.exited;
+    clearTimeout(timer);
+    rmSync(p.dir, { recursive: true, force: true });
+    return code;
+  };
   afterAll(async () => {
-    await started?.stop();
+    if (started) await stop(started);
   });
 
   it("prints a banner with the key and runs README's walkthrough as written", async () => {
-    started = await startProduct(env);
+    // As a newcomer runs it: the default addresses, a fresh directory, the database made on the spot.
+    started = await startProduct({ ports: "defaults", freshDatabase: true, env: { HATCH_LOG_LEVEL: "warn", ...env } });
     const key = readFileSync(join(started.dir, "data/api-key"), "utf8").trim();
     expect(started.output()).toContain(`API key     ${key}`);
     expect(started.output()).toContain(env.HATCH_PROXY_FRONT === "traefik" ? "via Traefik" : "via embedded proxy");
@@ -105,7 +79,7 @@ describe.each(modes)("npm start with %s", (_name, env) => {
   }, 120_000);
 
   it("stops cleanly on Ctrl-C", async () => {
-    const code = await started!.stop();
+    const code = await stop(started!);
     started = undefined;
     expect(code).toBe(0);
   }, 30_000);

@@ -4,24 +4,17 @@
  * report and exit codes, and the imported route answers at once. With nothing running, the same
  * command opens the database itself, as before.
  */
-import { execFile } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { postgresEnabled } from "./helpers/env.ts";
-import { BIN, killTraefiks, startProduct, stopProcess, viaProxy, type Product } from "./helpers/front.ts";
+import { runCli } from "./helpers/cli.ts";
+import { killTraefiks, startProduct, stopProcess, viaProxy, type Product } from "./helpers/front.ts";
 import { hatchDatabase } from "./helpers/hatch-db.ts";
 
 const ROUTE = "rt-00000000000000aa";
 
 /** The CLI as a user runs it in the product's directory (its ./data, its generated key). */
-function cli(dir: string, args: string[]): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const env = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? dir, HATCH_LOG_LEVEL: "warn" };
-    execFile(process.execPath, [BIN, ...args], { cwd: dir, env, timeout: 60_000 }, (error, stdout, stderr) =>
-      resolve({ code: error ? (typeof error.code === "number" ? error.code : -1) : 0, out: stdout, err: stderr }),
-    );
-  });
-}
+const cli = (dir: string, args: string[]) => runCli(args, { cwd: dir, env: { HATCH_LOG_LEVEL: "warn" } });
 
 describe.runIf(await postgresEnabled())("import-hatch beside a running embedded instance", { timeout: 120_000 }, () => {
   let hatch: Awaited<ReturnType<typeof hatchDatabase>>;

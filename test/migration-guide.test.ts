@@ -5,7 +5,6 @@
  * and a better-auth verify endpoint. Every variable and command the guide names is taken from the guide itself, so the guide
  * and the product cannot drift apart unnoticed.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -15,7 +14,8 @@ import { ENV_VARS, parseDuration } from "../src/config.ts";
 import type { Stack } from "../src/stack.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
 import { postgresEnabled, traefikBinary } from "./helpers/env.ts";
-import { BIN, waitFor } from "./helpers/front.ts";
+import { runCli } from "./helpers/cli.ts";
+import { waitFor } from "./helpers/front.ts";
 import { hatchDatabase } from "./helpers/hatch-db.ts";
 import { stackConfig, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
 import { startTestTraefik, traefikPorts, viaEntry, type TestTraefik } from "./helpers/traefik.ts";
@@ -45,16 +45,7 @@ function step(steps: Map<string, string>, title: RegExp): string {
 const assignments = (text: string) => new Map([...text.matchAll(/`(HATCH_[A-Z_]+)=([^`\s]+)`/g)].map((m) => [m[1]!, m[2]!]));
 
 /** Runs the CLI as a person would; its exit code and output. */
-function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH!, HATCH_LOG_LEVEL: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (c) => (out += c));
-    child.stderr.on("data", (c) => (err += c));
-    child.on("exit", (code) => resolve({ code, out, err }));
-  });
-}
+const cli = (args: string[], env: Record<string, string>) => runCli(args, { env: { HATCH_LOG_LEVEL: "warn", ...env } });
 
 /** A request to `host` on Traefik's public entry point (as wildcard DNS would send it). */
 const viaFront = (port: number, host: string, path: string, headers: Record<string, string> = {}) => viaEntry(port, host, path, { headers });

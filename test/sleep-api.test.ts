@@ -8,7 +8,8 @@ import WebSocket from "ws";
 import { createLogger } from "../src/log.ts";
 import type { Stack } from "../src/stack.ts";
 import { call } from "./helpers/wake-fixture.ts";
-import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
+import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 describe("sleep API on the embedded proxy (pglite)", () => {
   let simulator: Awaited<ReturnType<typeof standaloneSimulator>>;
@@ -80,7 +81,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
     const { vm, sub } = await vmWithRoute();
     const ws = await openSocket(sub);
     const first = api(stack, "POST", `/vms/${vm.id}/sleep`);
-    await until(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
+    await waitFor(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
     const second = await api(stack, "POST", `/vms/${vm.id}/sleep`);
     expect(second.status).toBe(409);
     expect(second.json.error).toMatch(/^a sleep of this vm is already under way \(api, draining since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$/);
@@ -105,7 +106,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
     expect(String(await new Promise((res) => ws.once("message", res)))).toBe("alive");
     ws.close();
     // And once it is gone, a sleep goes through.
-    await until(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.open_connections === 0, "the socket to close");
+    await waitFor(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.open_connections === 0, "the socket to close");
     expect((await api(stack, "POST", `/vms/${vm.id}/sleep`)).status).toBe(200);
   });
 
@@ -113,7 +114,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
     const { vm, sub } = await vmWithRoute();
     const slow = stack.sleeper!.withOptions({ minDrainMs: 1500 });
     const sleeping = slow.sleep(vm.id, "idle", { idleForMs: 60_000 });
-    await until(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
+    await waitFor(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
     const during = await proxyCall(sub, "/during");
     expect([during.status, during.headers["x-hatch-cold-start"]]).toEqual([200, undefined]);
     expect(await sleeping).toMatchObject({ outcome: "cancelled", why: "a request arrived" });
@@ -125,7 +126,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
     const { vm, sub } = await vmWithRoute(false);
     const ws = await openSocket(sub);
     const sleeping = api(stack, "POST", `/vms/${vm.id}/sleep`);
-    await until(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
+    await waitFor(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.sleep?.phase === "draining", "the drain to start");
     expect((await proxyCall(sub, "/during")).status).toBe(200);
     ws.close();
     expect((await sleeping).status).toBe(200);
@@ -148,7 +149,7 @@ describe("sleep API on the embedded proxy (pglite)", () => {
     const ws = await openSocket(sub);
     expect((await api(stack, "GET", `/vms/${vm.id}/activity`)).json).toMatchObject({ open_connections: 1, sleeps_at: null });
     ws.close();
-    await until(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.open_connections === 0, "the socket to close");
+    await waitFor(async () => (await api(stack, "GET", `/vms/${vm.id}/activity`)).json.open_connections === 0, "the socket to close");
     const bare = await sim().createVm();
     expect((await api(stack, "GET", `/vms/${bare.id}/activity`)).json).toMatchObject({ last_activity_at: null, idle_since: null, sleeps_at: null });
   });

@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { establishedPorts } from "../src/lifecycle/ssh-sessions.ts";
 import type { Stack } from "../src/stack.ts";
-import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
+import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const conntrackLine = (dport: number, state = "ESTABLISHED") =>
   `ipv4     2 tcp      6 431999 ${state} src=10.0.0.9 dst=10.0.0.1 sport=51000 dport=${dport} src=172.16.0.2 dst=10.0.0.9 sport=22 dport=51000 [ASSURED] mark=0 zone=0 use=2`;
@@ -57,17 +58,17 @@ describe("idle sweeper rules (embedded, pglite)", () => {
     await new Promise((r) => setTimeout(r, 3000));
     expect(sim().getVm(vm.id)!.state).toBe("running");
     writeFileSync(conntrack(), conntrackLine(vm.ssh_port!, "TIME_WAIT") + "\n");
-    await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped", 5000);
+    await waitFor(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped", 5000);
   });
 
   it("a VM woken outside hatch-proxy starts a fresh idle clock", async () => {
     const vm = await sim().createVm();
     await addRouteVia(stack, vm.id, "woken-elsewhere");
-    await until(() => sim().getVm(vm.id)!.state === "stopped", "the idle VM to be stopped", 5000);
+    await waitFor(() => sim().getVm(vm.id)!.state === "stopped", "the idle VM to be stopped", 5000);
     // Hours idle by its last activity; started by hand, it must get a whole timeout again.
     await sim().start(vm.id);
     const started = Date.now();
-    await until(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped again", 6000);
+    await waitFor(() => sim().getVm(vm.id)!.state === "stopped", "the VM to be stopped again", 6000);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1200 - 100);
   });
 

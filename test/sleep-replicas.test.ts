@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Stack } from "../src/stack.ts";
 import { dbKinds } from "./helpers/db.ts";
 import { call } from "./helpers/wake-fixture.ts";
-import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack, until } from "./helpers/stack.ts";
+import { addRouteVia, api, stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleepStack } from "./helpers/stack.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const hasPostgres = (await dbKinds()).includes("postgres");
 const SECRET = "replica-secret";
@@ -45,11 +46,11 @@ describe.skipIf(!hasPostgres)("two replicas on one Postgres", () => {
   });
 
   it("one sweeper at a time: five idle VMs are each put to sleep exactly once", async () => {
-    await until(() => stacks.some((s) => s.sweeper!.isLeader), "a sweeper to take the lease");
+    await waitFor(() => stacks.some((s) => s.sweeper!.isLeader), "a sweeper to take the lease");
     expect(stacks.filter((s) => s.sweeper!.isLeader)).toHaveLength(1);
     const vms = await Promise.all(Array.from({ length: 5 }, () => sim().createVm()));
     for (const [i, vm] of vms.entries()) await addRouteVia(stacks[i % 2]!, vm.id, `idle-replica-${i}`);
-    for (const vm of vms) await until(() => sim().getVm(vm.id)!.state === "snapshotted", `${vm.id} to sleep`, 15_000);
+    for (const vm of vms) await waitFor(() => sim().getVm(vm.id)!.state === "snapshotted", `${vm.id} to sleep`, 15_000);
     // Give a second sweeper every chance to sleep one again (it would fail: not running), then count.
     await new Promise((r) => setTimeout(r, 1500));
     for (const vm of vms) expect(sim().snapshots(vm.id)).toHaveLength(1);

@@ -22,7 +22,7 @@ import type { VmDirectory } from "../src/vms/platform.ts";
 import { createSimulator, type Simulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
 import { freshDb, type TestDb } from "./helpers/db.ts";
-import { traefikBinary } from "./helpers/env.ts";
+import { freePort, traefikBinary } from "./helpers/env.ts";
 
 const bin = traefikBinary();
 const BASE = "hatch.test";
@@ -52,14 +52,6 @@ function get(port: number, host: string, path = "/"): Promise<Reply> {
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as AddressInfo).port)));
-}
-
-/** A port the OS just handed out (Traefik needs explicit ports; the gap before it binds is tiny). */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  const port = await listen(s);
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 /** A server that answers every request with who it is, the Host it saw and the wake secret it got. */

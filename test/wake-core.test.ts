@@ -8,6 +8,7 @@ import { escapeHtml, wakingPage } from "../src/wake/page.ts";
 import { ReadyTimeoutError, waitForPort } from "../src/lifecycle/ready.ts";
 import { isValidLabel, subdomainOf } from "../src/wake/resolve.ts";
 import { HoldCounter, SingleFlight } from "../src/lifecycle/single-flight.ts";
+import { freePort } from "./helpers/env.ts";
 
 function deferred<T>() {
   let resolve!: (v: T) => void;
@@ -145,14 +146,6 @@ describe("waitForPort", () => {
   afterAll(async () => {
     await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   });
-
-  async function freePort(): Promise<number> {
-    const s = createServer();
-    await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-    const port = (s.address() as { port: number }).port;
-    await new Promise((r) => s.close(r));
-    return port;
-  }
 
   it("resolves soon after the port opens (probing every ~25 ms, not a fixed sleep)", async () => {
     const port = await freePort();

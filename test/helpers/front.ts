@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
 import { freePort } from "./env.ts";
 import { seedPglite } from "./pglite-template.ts";
+import { waitFor } from "./wait.ts";
 
 export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 export const BIN = join(REPO, "bin/hatch-proxy.js");
@@ -35,10 +36,13 @@ export interface Product {
 export interface ProductOptions {
   dir?: string;
   env?: Record<string, string>;
-  /** Reuse these ports (a restart in the same directory). */
-  ports?: Product["ports"];
-  /** HATCH_SIM_IP_PREFIX, distinct per test file (simulated VMs listen on <prefix>.N:8080). */
-  ipPrefix: string;
+  /**
+   * Reuse these ports (a restart in the same directory); `"defaults"` sets no address at all, so the
+   * product listens where a newcomer's `npm start` does (:8080, :9090, :9091, the simulator on :8090).
+   */
+  ports?: Product["ports"] | "defaults";
+  /** HATCH_SIM_IP_PREFIX, distinct per test file (simulated VMs listen on <prefix>.N:8080); with default ports, the default prefix. */
+  ipPrefix?: string;
   /** Resolve once the output holds this (default: the banner's "Try it:", i.e. fully started). */
   until?: string;
   /**
@@ -47,6 +51,9 @@ export interface ProductOptions {
    */
   freshDatabase?: boolean;
 }
+
+/** Where `hatch-proxy start` listens when no address is set (config.ts's defaults). */
+const DEFAULT_PORTS: Product["ports"] = { api: 8080, proxy: 9090, wake: 9091, sim: 8090 };
 
 export async function freePorts(): Promise<Product["ports"]> {
   return { api: await freePort(), proxy: await freePort(), wake: await freePort(), sim: await freePort() };
@@ -67,21 +74,22 @@ process.once("exit", () => {
 export async function startProduct(opts: ProductOptions): Promise<Product> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), "hatch-front-"));
   if (!opts.dir && !opts.freshDatabase) seedPglite(join(dir, "data", "pglite"));
-  const ports = opts.ports ?? (await freePorts());
+  const defaults = opts.ports === "defaults";
+  const ports = opts.ports === "defaults" ? DEFAULT_PORTS : (opts.ports ?? (await freePorts()));
+  if (!defaults && !opts.ipPrefix) throw new Error("startProduct: give an ipPrefix of the test file's own");
+  const addresses = defaults
+    ? {}
+    : {
+        HATCH_HTTP_ADDR: `127.0.0.1:${ports.api}`,
+        HATCH_PROXY_ADDR: `127.0.0.1:${ports.proxy}`,
+        HATCH_WAKE_ADDR: `127.0.0.1:${ports.wake}`,
+        HATCH_SIM_ADDR: `127.0.0.1:${ports.sim}`,
+        HATCH_SIM_IP_PREFIX: opts.ipPrefix,
+      };
   let out = "";
   const child = spawn(process.execPath, [BIN, "start"], {
     cwd: dir,
-    env: {
-      ...process.env,
-      HATCH_HTTP_ADDR: `127.0.0.1:${ports.api}`,
-      HATCH_PROXY_ADDR: `127.0.0.1:${ports.proxy}`,
-      HATCH_WAKE_ADDR: `127.0.0.1:${ports.wake}`,
-      HATCH_SIM_ADDR: `127.0.0.1:${ports.sim}`,
-      HATCH_SIM_IP_PREFIX: opts.ipPrefix,
-      HATCH_SIM_RESTORE_MS: "300",
-      HATCH_LOG_LEVEL: "info",
-      ...opts.env,
-    },
+    env: { ...process.env, ...addresses, HATCH_SIM_RESTORE_MS: "300", HATCH_LOG_LEVEL: "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout!.on("data", (c) => (out += c));
@@ -233,11 +241,4 @@ export async function viaProxy(product: Product | string, subdomain: string, pat
   });
 }
 
-/** Polls until `check` is true, or throws naming `what`. */
-export async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000, everyMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+export { waitFor };

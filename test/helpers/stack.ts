@@ -107,11 +107,3 @@ export async function addRouteVia(stack: Stack, vmId: string, subdomain: string,
   return r.json;
 }
 
-/** Waits until `check` is true (polling), or throws with `what` after `timeoutMs`. */
-export async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000, everyMs = 25): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
