@@ -180,6 +180,7 @@ export const ENV_VARS = {
   HATCH_VM_SYNC_INTERVAL: { default: "5s", schema: duration, doc: "How often the VM directory re-reads every VM state from the platform." },
   HATCH_PLATFORM_TIMEOUT: { default: "5s", schema: duration, doc: "Timeout of each VM platform call other than a wake." },
   HATCH_PLATFORM_SLEEP_TIMEOUT: { default: "10m", schema: positiveDuration, doc: "Deadline of a snapshot or stop call. Hatch runs the snapshot on the request: a caller that gives up leaves the VM paused, so hatch-proxy waits this long, then re-reads the VM." },
+  HATCH_VM_RESPONSE_TIMEOUT: { default: "60s", schema: duration, doc: "Longest wait for a VM's response headers on Traefik's direct routers (nginx's default read timeout); 0 = none. A connection to a VM the platform pauses behind hatch-proxy's back never answers: past this a GET falls back to the sidecar, which wakes the VM, and other methods get a 504. A GET slower than this is run again by the sidecar and its answer passed on, shown with status 307 (Traefik's errors middleware fixes the status): raise it for slower apps." },
   HATCH_TRAEFIK_ENTRYPOINTS: { default: "web", schema: entryPoints, doc: "Entry points the generated routers attach to." },
   HATCH_TRAEFIK_CERT_RESOLVER: { default: undefined, schema: nonEmpty, doc: "When set, routers get TLS with this cert resolver and a wildcard domain for the base domain." },
   HATCH_TRAEFIK_TOKEN: { default: undefined, schema: nonEmpty, doc: "Bearer token required on /traefik/config. Unset: only loopback clients may read it." },
@@ -234,6 +235,7 @@ export interface Config {
   vmSyncIntervalMs: number;
   platformTimeoutMs: number;
   platformSleepTimeoutMs: number;
+  vmResponseTimeoutMs: number;
   traefikEntryPoints: string[];
   traefikCertResolver: string | undefined;
   traefikToken: string | undefined;
@@ -358,6 +360,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     vmSyncIntervalMs: get("HATCH_VM_SYNC_INTERVAL") as number,
     platformTimeoutMs: get("HATCH_PLATFORM_TIMEOUT") as number,
     platformSleepTimeoutMs: get("HATCH_PLATFORM_SLEEP_TIMEOUT") as number,
+    vmResponseTimeoutMs: get("HATCH_VM_RESPONSE_TIMEOUT") as number,
     traefikEntryPoints: get("HATCH_TRAEFIK_ENTRYPOINTS") as string[],
     traefikCertResolver: out.HATCH_TRAEFIK_CERT_RESOLVER as string | undefined,
     traefikToken: out.HATCH_TRAEFIK_TOKEN as string | undefined,

@@ -64,7 +64,7 @@ describe("buildDynamicConfig", () => {
     entryPoints: ["web"],
     priority: 10_000,
   };
-  const transports = { "hatch-vm": { forwardingTimeouts: { dialTimeout: "1s" }, maxIdleConnsPerHost: 200 } };
+  const transports = { "hatch-vm": { forwardingTimeouts: { dialTimeout: "1s", idleConnTimeout: "1s" }, maxIdleConnsPerHost: 200 } };
   const retry = { "hatch-vm-retry": { retry: { attempts: 6, initialInterval: "500ms" } } };
   const fallback = {
     ...retry,
@@ -77,6 +77,17 @@ describe("buildDynamicConfig", () => {
       },
     },
   };
+
+  it("gives the direct routers' transport a response deadline when one is set, and none for 0", () => {
+    const routes = [route("rt_run", "vm_a", "app")];
+    const vms = vmsOf(vm("vm_a", "running"));
+    const timed = buildDynamicConfig(routes, vms, { ...base, vmResponseTimeoutMs: 60_000 }).http.serversTransports;
+    expect(timed).toEqual({ "hatch-vm": { forwardingTimeouts: { dialTimeout: "1s", idleConnTimeout: "1s", responseHeaderTimeout: "60000ms" }, maxIdleConnsPerHost: 200 } });
+    expect(buildDynamicConfig(routes, vms, { ...base, vmResponseTimeoutMs: 0 }).http.serversTransports).toEqual(transports);
+    // The assembler writes the same transport as the builder.
+    const settings = { ...base, vmResponseTimeoutMs: 4_000 };
+    expect(JSON.parse(createConfigAssembler(settings).assemble(routes, vms).json)).toEqual(buildDynamicConfig(routes, vms, settings));
+  });
 
   it("gives running routes two routers (GET/HEAD with the sleep fallback, then any method) and a service, and sends everything else to the catch-all", () => {
     const routes = [

@@ -26,6 +26,12 @@ export interface TraefikSettings {
   apiUrl?: string | undefined;
   /** The VM platform's API (Hatch, or the simulator): every other call on `api.<base>` goes straight to it. */
   platformUrl?: string | undefined;
+  /**
+   * Longest wait for a VM's response headers on a direct router; 0 or absent = none. A connection
+   * Traefik keeps to a VM that the platform pauses for a snapshot never answers: past this, a GET
+   * falls back to the sidecar (which wakes the VM) and other methods get a 504.
+   */
+  vmResponseTimeoutMs?: number | undefined;
 }
 
 export const WAKE_ROUTER = "hatch-wake";
@@ -54,6 +60,13 @@ export const VM_DIAL_TIMEOUT = "1s";
  * (measured: half the direct path's throughput, twice Traefik's CPU per request).
  */
 export const VM_MAX_IDLE_CONNS = 200;
+/**
+ * How long a connection to a VM stays pooled unused (Go's default: 90 s). A sleep takes longer than
+ * this (drain, then a snapshot that pauses the VM for seconds), so no pooled connection survives
+ * one: after a restore, a kept connection is dead (or frozen) and a POST written on it would fail.
+ * Opening a new one to a VM on the host's bridge costs well under a millisecond.
+ */
+export const VM_IDLE_CONN_TIMEOUT = "1s";
 export const API_ROUTER = "hatch-api";
 export const API_SERVICE = "hatch-api";
 export const VM_API_ROUTER = "hatch-vm-api";
@@ -105,7 +118,7 @@ type Middleware =
   | { headers: { customRequestHeaders: Record<string, string> } }
   | { errors: { query: string; service: string; status: string[]; statusRewrites: Record<string, number> } }
   | { retry: { attempts: number; initialInterval: string } };
-type ServersTransport = { forwardingTimeouts: { dialTimeout: string }; maxIdleConnsPerHost: number };
+type ServersTransport = { forwardingTimeouts: { dialTimeout: string; idleConnTimeout: string; responseHeaderTimeout?: string }; maxIdleConnsPerHost: number };
 
 export interface DynamicConfig {
   http: {
@@ -277,10 +290,18 @@ export function buildDynamicConfig(
     http: {
       middlewares,
       routers: Object.fromEntries(routers.sort(byKey)),
-      serversTransports: { [VM_TRANSPORT]: { forwardingTimeouts: { dialTimeout: VM_DIAL_TIMEOUT }, maxIdleConnsPerHost: VM_MAX_IDLE_CONNS } },
+      serversTransports: { [VM_TRANSPORT]: vmTransport(s) },
       services: Object.fromEntries(services.sort(byKey)),
     },
   };
+}
+
+/** The direct routers' transport: a short dial, Traefik's pool size, and the response deadline if set. */
+function vmTransport(s: TraefikSettings): ServersTransport {
+  const ms = s.vmResponseTimeoutMs ?? 0;
+  const base = { dialTimeout: VM_DIAL_TIMEOUT, idleConnTimeout: VM_IDLE_CONN_TIMEOUT };
+  const forwardingTimeouts = ms > 0 ? { ...base, responseHeaderTimeout: `${ms}ms` } : base;
+  return { forwardingTimeouts, maxIdleConnsPerHost: VM_MAX_IDLE_CONNS };
 }
 
 /**

@@ -30,6 +30,7 @@ export function traefikSettings(config: Config): TraefikSettings {
     certResolver: config.traefikCertResolver,
     apiUrl: config.routeApiUrl,
     platformUrl: config.traefikPlatformUrl,
+    vmResponseTimeoutMs: config.vmResponseTimeoutMs,
   };
 }
 
