@@ -127,7 +127,7 @@ export function forwardRequest(req: IncomingMessage, res: ServerResponse, target
       if (timer) clearTimeout(timer);
       timer = setTimeout(() => up.destroy(new ForwardTimeout("response")), opts.responseTimeoutMs);
       const stale = opts.stale;
-      if (stale && up.reusedSocket) {
+      if (stale) {
         staleTimer = setTimeout(() => {
           void stale.alive().then((ok) => {
             if (!ok && !settled) up.destroy(new ForwardStale());

@@ -29,7 +29,7 @@ function goneWatch(res: ServerResponse): (cb: () => void) => () => void {
   };
 }
 
-/** How long a request on a reused connection waits for an answer before the VM is checked (a paused VM never answers). */
+/** How long a forwarded request waits for an answer before the VM is checked (a VM paused for a snapshot never answers). */
 const STALE_AFTER_MS = 1000;
 /** How long that check's fresh connect may take. */
 const STALE_PROBE_MS = 500;
@@ -96,19 +96,26 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // Nothing of a GET had to leave the socket to be lost: ask what the VM is, as for a VM not reached.
       if (r.sent || !isIdempotent(req.method)) return sendForwardFailure(res, r, port);
     }
-    if (r.reason === "reset" && r.reused && !retried && hasNoBody(req) && isIdempotent(req.method)) {
-      // A kept-alive socket the VM had closed (it may have just gone to sleep): one fresh try.
-      return forwardRunning(req, res, d, true, deadline);
+    if (r.reason === "reset" && !retried && hasNoBody(req) && isIdempotent(req.method)) {
+      // A kept-alive socket the VM had closed, or a connection frozen by a snapshot and reset after
+      // the restore (the VM may have just slept and woken): one fresh try, as for a VM not reached.
+      if (r.reused) return forwardRunning(req, res, d, true, deadline);
+      return notReached(req, res, d, "unreachable", r, deadline);
     }
     // Nothing reached the VM: no route to it, no answer to the connect in time, or a frozen connection.
     const unreachable = r.reason === "unreachable" || r.reason === "stale" || (r.reason === "timeout" && r.phase === "connect");
     if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
     if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
-    // The cached state said running but the VM did not take it: the lifecycle asks what it really is.
-    const next = await lifecycle.whenNotReached(d.route, unreachable ? "unreachable" : "refused");
+    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline);
+  }
+
+  /** The cached state said running but the VM did not take the request: the lifecycle asks what it really is. */
+  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number): Promise<void> {
+    const started = performance.now();
+    const next = await lifecycle.whenNotReached(d.route, how);
     if (next.kind === "fail") return sendFailure(res, next.failure);
-    if (next.kind === "app") return sendForwardFailure(res, r, port);
+    if (next.kind === "app") return sendForwardFailure(res, r, d.route.targetPort);
     if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, true, deadline);
     return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
