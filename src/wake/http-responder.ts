@@ -33,6 +33,8 @@ function goneWatch(res: ServerResponse): (cb: () => void) => () => void {
 const STALE_AFTER_MS = 1000;
 /** How long that check's fresh connect may take. */
 const STALE_PROBE_MS = 500;
+/** Tries of a bodyless GET or HEAD whose connection the VM reset (a sleep and wake can cut it more than once). */
+const RESET_TRIES = 3;
 
 /** The handler for a resolved plain HTTP request; never rejects (errors become answers). */
 export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, res: ServerResponse, resolved: Resolved) => Promise<void> {
@@ -52,7 +54,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // by another request), send the client back to it; otherwise the app answered 502/504
       // itself, and a redirect could loop: pass the app's answer on.
       if (r.fallback && lifecycle.recentlyUp(r.route.vmId, a.vm)) return sendRetry(res, req.url ?? "/");
-      return forwardRunning(req, res, { ...r, vm: a.vm }, false);
+      return forwardRunning(req, res, { ...r, vm: a.vm }, 0);
     }
     return wakeAndForward(req, res, r, performance.now());
   }
@@ -77,11 +79,12 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     sendFailure(res, { status: 503, error: "route API unavailable", headers: { "retry-after": "1" } });
   }
 
-  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean, deadline = Date.now() + config.wakeTimeoutMs): Promise<void> {
+  /** `attempt` counts the tries already made for this request (0 for its first). */
+  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, attempt: number, deadline = Date.now() + config.wakeTimeoutMs): Promise<void> {
     const port = d.route.targetPort;
     const target: Target = { host: d.vm.guest_ip!, port };
     const started = performance.now();
-    if (!retried) tracked(res, d.route.vmId);
+    if (attempt === 0) tracked(res, d.route.vmId);
     const r = await forwardRequest(req, res, target, {
       agent: ctx.agent,
       headers: ctx.headersFor(req),
@@ -96,27 +99,28 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // Nothing of a GET had to leave the socket to be lost: ask what the VM is, as for a VM not reached.
       if (r.sent || !isIdempotent(req.method)) return sendForwardFailure(res, r, port);
     }
-    if (r.reason === "reset" && !retried && hasNoBody(req) && isIdempotent(req.method)) {
+    if (r.reason === "reset" && attempt < RESET_TRIES && hasNoBody(req) && isIdempotent(req.method)) {
       // A kept-alive socket the VM had closed, or a connection frozen by a snapshot and reset after
-      // the restore (the VM may have just slept and woken): one fresh try, as for a VM not reached.
-      if (r.reused) return forwardRunning(req, res, d, true, deadline);
-      return notReached(req, res, d, "unreachable", r, deadline);
+      // the restore (the VM may have slept and woken, even twice): a fresh try, as for a VM not
+      // reached. Bounded, so an app that resets every request gets its 502 soon.
+      if (r.reused) return forwardRunning(req, res, d, attempt + 1, deadline);
+      return notReached(req, res, d, "unreachable", r, deadline, attempt);
     }
     // Nothing reached the VM: no route to it, no answer to the connect in time, or a frozen connection.
     const unreachable = r.reason === "unreachable" || r.reason === "stale" || (r.reason === "timeout" && r.phase === "connect");
     if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
     if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
-    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline);
+    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline, attempt);
   }
 
   /** The cached state said running but the VM did not take the request: the lifecycle asks what it really is. */
-  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number): Promise<void> {
+  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number, attempt: number): Promise<void> {
     const started = performance.now();
     const next = await lifecycle.whenNotReached(d.route, how);
     if (next.kind === "fail") return sendFailure(res, next.failure);
     if (next.kind === "app") return sendForwardFailure(res, r, d.route.targetPort);
-    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, true, deadline);
+    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, attempt + 1, deadline);
     return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
 
