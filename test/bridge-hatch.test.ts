@@ -109,7 +109,7 @@ describe(`Hatch's quirks, on the ${simNetwork} network`, () => {
     expect(metrics).toMatch(/^hatch_sleep_blocked_total 1$/m);
   }, 60_000);
 
-  it("the wake costs little over the restore: 1 and 100 requests to a sleeping VM", async () => {
+  it("no wake waits out an ARP timeout: 1 and 100 requests to a sleeping VM, one restore each", async () => {
     const vm = (await platform("POST", "/vms", { restore_ms: 300 })).json;
     expect((await api(stack, "POST", `/vms/${vm.id}/routes`, { subdomain: "cold", target_port: 8080 })).status).toBe(201);
     const overhead: Record<number, number> = {};
@@ -120,8 +120,12 @@ describe(`Hatch's quirks, on the ${simNetwork} network`, () => {
       overhead[n] = Math.round(Math.max(...answers.map((a) => a.ms)) - 300);
     }
     console.log(`[bridge-hatch] ${simNetwork}: wake overhead over a 300 ms restore: N=1 +${overhead[1]} ms, N=100 +${overhead[100]} ms`);
-    expect(overhead[1]).toBeLessThanOrEqual(50);
-    expect(overhead[100]).toBeLessThanOrEqual(250);
+    // The figures against their goals (+50 / +250 ms) are the wake benchmark's (`npm run bench -- wake`,
+    // bridge beside loopback in one run); here, on a shared machine, only what a stall would break:
+    // a connect to a guest that is not yet linked fails after 3 s of ARP, and none may be waited out.
+    expect(overhead[1]).toBeLessThan(1500);
+    expect(overhead[100]).toBeLessThan(2500);
+    expect((await platform("GET", `/vms/${vm.id}`)).json.wake_count).toBe(2);
   }, 30_000);
 
   it.runIf(bridge)("sleeps made on the platform in Hatch's order, under GETs through the embedded front: every GET is answered", async () => {

@@ -8,7 +8,10 @@ import WebSocket from "ws";
 import { request } from "node:http";
 import { traefikBinary } from "./helpers/env.ts";
 import { startSleepTraefik, type SleepTraefik } from "./helpers/sleep-traefik.ts";
-import { addRouteVia, api, until } from "./helpers/stack.ts";
+import { addRouteVia, api } from "./helpers/stack.ts";
+import { waitFor } from "./helpers/wait.ts";
+import { simNetwork } from "./helpers/sim-network.ts";
+import { DEFAULT_SIM_SNAPSHOT_MS } from "../src/vms/simulator/core.ts";
 
 const bin = traefikBinary();
 
@@ -29,7 +32,7 @@ describe.skipIf(!bin)("idle sleep through a real Traefik", () => {
       return { vm, route, routeAt: Date.now() };
     };
     const [quiet, busy, ws, sse] = await Promise.all(["quiet", "busy", "socket", "events"].map(make));
-    await until(() => f.direct(busy!.route.id), "the busy route's direct router");
+    await waitFor(() => f.direct(busy!.route.id), "the busy route's direct router");
     // One request a second through Traefik's direct router: seen only in Traefik's counters.
     let stopBusy = false;
     const busyLoop = (async () => {
@@ -43,9 +46,10 @@ describe.skipIf(!bin)("idle sleep through a real Traefik", () => {
     await new Promise((resolve, reject) => socket.once("open", resolve).once("error", reject));
     const events = await openEventStream(f.traefik.entryPort, "events.hatch.local");
 
-    await until(() => f.simulator.sim.getVm(quiet!.vm.id)!.state === "snapshotted", "the quiet VM to sleep", 10_000, 50);
+    await waitFor(() => f.simulator.sim.getVm(quiet!.vm.id)!.state === "snapshotted", "the quiet VM to sleep", 10_000, 50);
     const quietSleptAfter = Date.now() - quiet!.routeAt;
-    expect(quietSleptAfter).toBeLessThanOrEqual(3000 + 2 * 1000 + 500);
+    // Decided within the timeout and two checks; on the bridge the snapshot then pauses the VM first.
+    expect(quietSleptAfter).toBeLessThanOrEqual(3000 + 2 * 1000 + 500 + (simNetwork === "bridge" ? DEFAULT_SIM_SNAPSHOT_MS : 0));
 
     const watchUntil = Date.now() + 30_000;
     while (Date.now() < watchUntil) {
@@ -67,7 +71,7 @@ describe.skipIf(!bin)("idle sleep through a real Traefik", () => {
     socket.close();
     events.close();
     const closedAt = Date.now();
-    for (const v of [busy, ws, sse]) await until(() => f.simulator.sim.getVm(v!.vm.id)!.state === "snapshotted", `${v!.route.subdomain} to sleep once idle`, 10_000, 50);
+    for (const v of [busy, ws, sse]) await waitFor(() => f.simulator.sim.getVm(v!.vm.id)!.state === "snapshotted", `${v!.route.subdomain} to sleep once idle`, 10_000, 50);
     expect(Date.now() - closedAt).toBeLessThanOrEqual(3000 + 2 * 1000 + 1500);
     // The simulator marks a VM snapshotted before the sleeper hears back and counts the sleep.
     await expect
@@ -80,7 +84,7 @@ describe.skipIf(!bin)("idle sleep through a real Traefik", () => {
     const busyRoute = await addRouteVia(f.stack, busyVm.id, "survivor");
     const idleVm = await f.simulator.sim.createVm();
     await addRouteVia(f.stack, idleVm.id, "forgotten");
-    await until(() => f.direct(busyRoute.id), "the direct router");
+    await waitFor(() => f.direct(busyRoute.id), "the direct router");
     let stopBusy = false;
     const busyLoop = (async () => {
       while (!stopBusy) {

@@ -20,6 +20,8 @@ export interface LoadReport {
   ok: number;
   redirects: number;
   failures: LoadFailure[];
+  /** Milliseconds from sending each answered GET to its final answer (redirects followed). */
+  getMs: number[];
 }
 
 export interface Load {
@@ -29,7 +31,7 @@ export interface Load {
 
 /** Starts `workers` loops against `port` with Host `host`, alternating GET and POST (1–16 KiB bodies). */
 export function startLoad(port: number, host: string, opts: { workers?: number; prefix?: string; pauseMs?: number } = {}): Load {
-  const report: LoadReport = { sent: new Map(), ok: 0, redirects: 0, failures: [] };
+  const report: LoadReport = { sent: new Map(), ok: 0, redirects: 0, failures: [], getMs: [] };
   let seq = 0;
   let stopped = false;
   const prefix = opts.prefix ?? "r";
@@ -81,7 +83,9 @@ export function startLoad(port: number, host: string, opts: { workers?: number; 
       const method = seq % 2 === 0 ? "POST" : "GET";
       const body = method === "POST" ? randomBytes(1024 + ((seq * 7919) % (15 * 1024))) : undefined;
       report.sent.set(rid, method);
+      const started = performance.now();
       await send(rid, method, `/load?rid=${rid}`, body, 0);
+      if (method === "GET") report.getMs.push(performance.now() - started);
       if (opts.pauseMs) await new Promise((r) => setTimeout(r, opts.pauseMs));
     }
   };
@@ -94,6 +98,13 @@ export function startLoad(port: number, host: string, opts: { workers?: number; 
       return report;
     },
   };
+}
+
+/** The `p`-th percentile (0–100) of `values`, in the values' unit; 0 for none. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 /** rids whose count at the guest is not exactly 1 (missing, or run more than once). */

@@ -9,6 +9,12 @@ import { stackConfig, stackDatabase, stackPorts, standaloneSimulator, startSleep
 import { startTestTraefik, traefikPorts, type TestTraefik } from "./traefik.ts";
 
 const SETTLE = { settleMs: 400 };
+/**
+ * HATCH_VM_RESPONSE_TIMEOUT for these suites (60 s by default): a request on a connection Traefik
+ * kept to a VM the platform then froze waits this long before its fallback, and the suites'
+ * four load workers would otherwise all sit in such requests with nothing left to wake the VM.
+ */
+export const SUITE_VM_RESPONSE_TIMEOUT_MS = 3000;
 
 export interface SleepTraefik {
   readonly stack: Stack;
@@ -33,7 +39,7 @@ export async function startSleepTraefik(bin: string, ipPrefix: string): Promise<
   const ports: StackPorts = await stackPorts();
   const tports = await traefikPorts();
   const configFor = (idle: { idleTimeoutMs: number }) =>
-    stackConfig(ports, { ...db.overrides, hatchApiUrl: simulator.url, wakeSecret: "s3cret", traefikApiUrls: [tports.apiUrl], idleCheckIntervalMs: 1000, ...idle });
+    stackConfig(ports, { ...db.overrides, hatchApiUrl: simulator.url, wakeSecret: "s3cret", traefikApiUrls: [tports.apiUrl], idleCheckIntervalMs: 1000, vmResponseTimeoutMs: SUITE_VM_RESPONSE_TIMEOUT_MS, ...idle });
   let stack: Stack | undefined = await startSleepStack(configFor({ idleTimeoutMs: 0 }), "traefik", SETTLE);
   const traefik = await startTestTraefik(bin, { providerUrl: `${stack.api!.url}/traefik/config`, ...tports });
   return {
