@@ -95,9 +95,12 @@ function exitWhenStdinCloses(close: () => Promise<void>) {
   });
 }
 
-/** The simulator and its REST API; prints where it listens and its pid. */
+/**
+ * The simulator and its REST API; prints where it listens and its pid. Hatch's limit of 10
+ * snapshots per VM is lifted: each part sleeps one VM BENCH_SLEEPS times (20 by default).
+ */
 async function simMode() {
-  const sim = await createSimulator({ ipPrefix: IP_PREFIX, restoreMs: RESTORE_MS });
+  const sim = await createSimulator({ ipPrefix: IP_PREFIX, restoreMs: RESTORE_MS, snapshotLimit: 0 });
   const api = await sim.listen({ host: "127.0.0.1", port: 0 });
   process.stdout.write(JSON.stringify({ url: api.url, pid: process.pid }) + "\n");
   exitWhenStdinCloses(() => sim.close());
