@@ -61,13 +61,14 @@ for (const name of names) {
       network === "bridge"
         ? spawnSync("unshare", ["-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", ...node], { stdio: "inherit", env })
         : spawnSync(node[0]!, node.slice(1), { stdio: "inherit", env });
+    // A failed run still leaves its figures (a failure is a figure too).
+    const s = readSummary(summaryFile);
+    if (s) summaries.set(`${name}-${network}`, s);
     if (r.status !== 0) {
       console.error(`${label} failed (exit ${r.status ?? r.signal})`);
       printSideBySide();
       process.exit(1);
     }
-    const s = readSummary(summaryFile);
-    if (s) summaries.set(`${name}-${network}`, s);
   }
 }
 printSideBySide();
