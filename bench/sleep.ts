@@ -656,6 +656,19 @@ async function partApi(env: Env, v: Verdict) {
   console.log(
     `  held − baseline: p50 +${ms(pct(wl, 50) - pct(bl, 50))} ms, p99 +${ms(pct(wl, 99) - pct(bl, 99))} ms (a held request waits for the rest of the drain, the snapshot and the restore: ${ms(pct(drains, 50))} + ${ms(pct(asleep, 50))} ms at p50)`,
   );
+  if (non2xx.length) {
+    // When the failures came: each belongs to the last sleep that began before its answer, and is
+    // placed against that sleep's steps (asked, answered = snapshotted, VM running, direct routers back).
+    const at = non2xx.map((r) => {
+      let k = -1;
+      for (let i = 0; i < windows.length; i++) if (windows[i]![0] <= r.t1) k = i;
+      return k < 0 ? "before the first sleep" : `sleep ${k + 1}: answer ${ms(r.t1 - windows[k]![0])} ms after POST /sleep, ${ms(r.t1 - windows[k]![1])} ms after its direct routers were back`;
+    });
+    const bySleep = new Map<string, number>();
+    for (const a of at) bySleep.set(a.split(":")[0]!, (bySleep.get(a.split(":")[0]!) ?? 0) + 1);
+    console.log(`  failures by sleep: ${[...bySleep].map(([k, n]) => `${k} ${n}×`).join(", ")}`);
+    for (const a of at.slice(0, 5)) console.log(`  a failure: ${a}`);
+  }
   for (const r of [...non2xx, ...notOnce, ...badHash].slice(0, 5)) console.log(`  e.g. ${r.rid} ${r.method} ${r.bytes} B: status ${r.status}, ran ${counts[r.rid] ?? 0}×, ${r.error ?? (r.hashOk ? "" : "hash mismatch")}`);
   if (non2xx.length || notOnce.length || badHash.length) v.failed.push("part 1: a request was lost, failed, ran twice or came back wrong");
   if (done !== SLEEPS) v.failed.push(`part 1: ${SLEEPS - done} sleep(s) not done`);
