@@ -28,8 +28,15 @@
  * BENCH_PARTS=api,external,streams,routing picks parts. Sizes: BENCH_SLEEPS (20), BENCH_CLIENTS (16),
  * BENCH_THINK_MS (10), BENCH_RESTORE_MS (300), BENCH_WS_CONNECTIONS (64), BENCH_STREAM_SECONDS (3),
  * BENCH_SSE_STREAMS (200), BENCH_SSE_MS (10), BENCH_IDLE_WS (1000), BENCH_SECONDS (3 per autocannon
- * run), BENCH_CONNECTIONS (32). Loopback only (VMs on 127.66.1.N). Children and temp dirs go on any
- * exit (Ctrl-C included); BENCH_TIMEOUT_S (600) stops a run that hangs.
+ * run), BENCH_CONNECTIONS (32). BENCH_SIM_NETWORK=loopback (default: VMs on 127.66.1.N) or bridge
+ * (bench/network.ts: VMs on the simulator's bridge network, 10.66.1.0/24, each in a network namespace
+ * of its own, as on Hatch: a snapshot keeps the VM `running` but paused, a black hole, for
+ * BENCH_SNAPSHOT_MS (the simulator's 1500 by default), then removes its link; needs a network
+ * namespace of its own: `npm run bench -- sleep --network=bridge` or `--network=both`). Every part
+ * runs on either network; parts 1 and 2 are where the bridge changes what a sleep does, parts 3 and
+ * 4 measure a running VM (on the bridge, through a veth pair and the bridge). The simulator's limit of
+ * 10 snapshots per VM is lifted. Children and temp dirs go on any exit (Ctrl-C included);
+ * BENCH_TIMEOUT_S (600) stops a run that hangs.
  * Internal modes: `--sim` (the simulator), `--stack <json>` (the stack).
  */
 import { autocannon, type Cannon } from "./autocannon.ts";
@@ -53,6 +60,7 @@ import { startStack } from "../src/stack.ts";
 import { VM_TRANSPORT } from "../src/traefik/config-builder.ts";
 import { buildStaticConfig, internalApiRoutes } from "../src/traefik/static-config.ts";
 import { createSimulator } from "../src/vms/simulator/index.ts";
+import { assertBenchNetwork, benchNetwork, benchSimOptions, writeSummary } from "./network.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const num = (name: string, dflt: number) => {
@@ -63,6 +71,8 @@ const SLEEPS = num("BENCH_SLEEPS", 20);
 const CLIENTS = Math.max(1, num("BENCH_CLIENTS", 16));
 const THINK_MS = num("BENCH_THINK_MS", 10);
 const RESTORE_MS = num("BENCH_RESTORE_MS", 300);
+/** Bridge only: how long a snapshot keeps the VM paused (a black hole) and still `running`; unset = the simulator's default (1500 ms). */
+const SNAPSHOT_MS = process.env.BENCH_SNAPSHOT_MS ? num("BENCH_SNAPSHOT_MS", 1500) : undefined;
 const WS_CONNECTIONS = Math.max(1, num("BENCH_WS_CONNECTIONS", 64));
 const STREAM_SECONDS = Math.max(1, num("BENCH_STREAM_SECONDS", 3));
 const SSE_STREAMS = Math.max(1, num("BENCH_SSE_STREAMS", 200));
@@ -95,9 +105,12 @@ function exitWhenStdinCloses(close: () => Promise<void>) {
   });
 }
 
-/** The simulator and its REST API; prints where it listens and its pid. */
+/**
+ * The simulator and its REST API; prints where it listens and its pid. Hatch's limit of 10
+ * snapshots per VM is lifted: each part sleeps one VM BENCH_SLEEPS times (20 by default).
+ */
 async function simMode() {
-  const sim = await createSimulator({ ipPrefix: IP_PREFIX, restoreMs: RESTORE_MS });
+  const sim = await createSimulator({ ...benchSimOptions(IP_PREFIX), restoreMs: RESTORE_MS, snapshotLimit: 0, snapshotMs: SNAPSHOT_MS });
   const api = await sim.listen({ host: "127.0.0.1", port: 0 });
   process.stdout.write(JSON.stringify({ url: api.url, pid: process.pid }) + "\n");
   exitWhenStdinCloses(() => sim.close());
@@ -643,6 +656,19 @@ async function partApi(env: Env, v: Verdict) {
   console.log(
     `  held − baseline: p50 +${ms(pct(wl, 50) - pct(bl, 50))} ms, p99 +${ms(pct(wl, 99) - pct(bl, 99))} ms (a held request waits for the rest of the drain, the snapshot and the restore: ${ms(pct(drains, 50))} + ${ms(pct(asleep, 50))} ms at p50)`,
   );
+  if (non2xx.length) {
+    // When the failures came: each belongs to the last sleep that began before its answer, and is
+    // placed against that sleep's steps (asked, answered = snapshotted, VM running, direct routers back).
+    const at = non2xx.map((r) => {
+      let k = -1;
+      for (let i = 0; i < windows.length; i++) if (windows[i]![0] <= r.t1) k = i;
+      return k < 0 ? "before the first sleep" : `sleep ${k + 1}: answer ${ms(r.t1 - windows[k]![0])} ms after POST /sleep, ${ms(r.t1 - windows[k]![1])} ms after its direct routers were back`;
+    });
+    const bySleep = new Map<string, number>();
+    for (const a of at) bySleep.set(a.split(":")[0]!, (bySleep.get(a.split(":")[0]!) ?? 0) + 1);
+    console.log(`  failures by sleep: ${[...bySleep].map(([k, n]) => `${k} ${n}×`).join(", ")}`);
+    for (const a of at.slice(0, 5)) console.log(`  a failure: ${a}`);
+  }
   for (const r of [...non2xx, ...notOnce, ...badHash].slice(0, 5)) console.log(`  e.g. ${r.rid} ${r.method} ${r.bytes} B: status ${r.status}, ran ${counts[r.rid] ?? 0}×, ${r.error ?? (r.hashOk ? "" : "hash mismatch")}`);
   if (non2xx.length || notOnce.length || badHash.length) v.failed.push("part 1: a request was lost, failed, ran twice or came back wrong");
   if (done !== SLEEPS) v.failed.push(`part 1: ${SLEEPS - done} sleep(s) not done`);
@@ -1020,10 +1046,14 @@ const summary: Record<string, any> = {};
 let idleProbe: IdleRow | undefined;
 
 async function main() {
+  await assertBenchNetwork();
   const bin = findTraefikBinary(testConfig({ traefikBin: process.env.TRAEFIK_BIN || undefined }));
   console.log(
     `sleep benchmark (node ${process.version}, loadavg ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores; parts ${PARTS.join(",")}; ` +
-      `processes: load generator = this one, stack (API + sidecar, PGlite) / simulator (guests) / 2 Traefik each their own)`,
+      `processes: load generator = this one, stack (API + sidecar, PGlite) / simulator (guests) / 2 Traefik each their own; ` +
+      (benchNetwork() === "bridge"
+        ? `VMs on the bridge network, 10.66.1.0/24: a snapshot pauses the VM for ${SNAPSHOT_MS ?? "the simulator's default"}${SNAPSHOT_MS === undefined ? "" : " ms"} (a black hole), then unlinks it)`
+        : "VMs on loopback, 127.66.1.N)"),
   );
   if (!bin) {
     console.log("no Traefik binary found (TRAEFIK_BIN, PATH, or `bash scripts/traefik.sh`): every part of this benchmark needs one; skipped");
@@ -1070,6 +1100,7 @@ async function main() {
   }
   console.log(`\ntotal ${f((performance.now() - t0) / 1000, 1)} s`);
   if (process.env.BENCH_JSON) console.log(JSON.stringify(summary));
+  writeSummary(summary);
   if (v.failed.length) {
     console.log(`\nFAILED:\n  ${v.failed.join("\n  ")}`);
     process.exitCode = 1;
@@ -1106,7 +1137,7 @@ else {
   try {
     await main();
   } catch (err) {
-    console.error(err);
+    console.error((err as Error).message?.startsWith("BENCH_SIM_NETWORK") ? (err as Error).message : err);
     await shutdown();
     process.exitCode = 1;
   }

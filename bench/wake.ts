@@ -9,7 +9,13 @@
  *    client), fired from a separate client process: restores (must be 1), errors (must
  *    be 0, body hashes checked), first/last response after the burst minus the restore time, and
  *    the sidecar process's peak RSS.
- * BENCH_PARTS=hot or cold runs one half. Loopback only. Internal modes: `--guest` (hosts the VM), `--cold-client` (fires a burst).
+ * BENCH_PARTS=hot or cold runs one half. BENCH_SIM_NETWORK=loopback (default: VMs on 127.77.x.N) or
+ * bridge (bench/network.ts: each VM in a network namespace of its own on a veth, on a Linux bridge,
+ * 10.77.x.0/24, as on Hatch; needs a network namespace of its own: `npm run bench -- wake
+ * --network=bridge` or `--network=both`). On the bridge both halves run there: the hot path's guest
+ * and the cold path's VMs sit behind the bridge, so every request crosses two veths and the bridge,
+ * and a restore rebuilds the VM's namespace and link. Internal modes: `--guest` (hosts the VM),
+ * `--sim` (the cold path's simulator), `--cold-client` (fires a burst), `--seq-client`.
  */
 import { autocannon, type Cannon } from "./autocannon.ts";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -35,6 +41,7 @@ import { staticDirectory } from "./directory.ts";
 import { createHatchClient } from "../src/vms/hatch-client.ts";
 import { createSimulator } from "../src/vms/simulator/index.ts";
 import { createWakeProxy, startWakeServer } from "../src/wake/proxy.ts";
+import { assertBenchNetwork, benchNetwork, benchSimOptions, writeSummary } from "./network.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -48,7 +55,7 @@ const SIDE_HOST = "side.hatch.local";
 
 /** Runs a simulator with its REST API and prints the API's URL; exits when stdin closes. */
 async function simMode() {
-  const sim = await createSimulator({ ipPrefix: "127.77.9", restoreMs: RESTORE_MS });
+  const sim = await createSimulator({ ...benchSimOptions("127.77.9"), restoreMs: RESTORE_MS });
   const api = await sim.listen({ host: "127.0.0.1", port: 0 });
   process.stdout.write(JSON.stringify({ url: api.url }) + "\n");
   process.stdin.resume();
@@ -57,7 +64,7 @@ async function simMode() {
 
 /** Hosts one running simulated VM and prints where it listens; exits when stdin closes. */
 async function guestMode() {
-  const sim = await createSimulator({ ipPrefix: "127.77.8", restoreMs: 0 });
+  const sim = await createSimulator({ ...benchSimOptions("127.77.8"), restoreMs: 0 });
   const vm = await sim.createVm();
   process.stdout.write(JSON.stringify({ id: vm.id, ip: vm.guest_ip, port: 8080 }) + "\n");
   process.stdin.resume();
@@ -129,6 +136,19 @@ async function seqClientMode(url: string, host: string, n: number) {
 
 function tsx(args: string[]): ChildProcess {
   return spawn(process.execPath, ["--import", "tsx", fileURLToPath(import.meta.url), ...args], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
+}
+
+/**
+ * Closes a child's stdin (its signal to close) and waits for it to exit: on the bridge the guest
+ * child's simulator must have removed its bridge before the cold path's simulator makes its own.
+ */
+async function stopChild(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  child.stdin!.end();
+  const timer = setTimeout(() => child.kill("SIGTERM"), graceMs);
+  await exited;
+  clearTimeout(timer);
 }
 
 async function firstLine(child: ChildProcess): Promise<string> {
@@ -294,7 +314,7 @@ async function hotPath(): Promise<HotRow[]> {
     naive.close();
     naive.closeAllConnections();
     await database.close();
-    guest.stdin!.end();
+    await stopChild(guest);
   }
 }
 
@@ -360,7 +380,7 @@ async function coldPath(runs: { n: number; bodyBytes: number }[]) {
     await proxy.close();
     await server.close();
     await database.close();
-    simChild.stdin!.end();
+    await stopChild(simChild);
   }
   return rows;
 }
@@ -371,7 +391,12 @@ function median(xs: number[]): number {
 }
 
 async function main() {
-  console.log(`wake sidecar benchmark (node ${process.version}, ${SECONDS}s per hot-path run, ${CONNECTIONS} connections, loadavg ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores)`);
+  await assertBenchNetwork();
+  const network = benchNetwork();
+  console.log(
+    `wake sidecar benchmark (node ${process.version}, ${SECONDS}s per hot-path run, ${CONNECTIONS} connections, loadavg ${os.loadavg()[0]!.toFixed(1)} on ${os.cpus().length} cores; ` +
+      `VMs on the ${network === "bridge" ? "bridge network (a network namespace and veth each, on a Linux bridge)" : "loopback network"})`,
+  );
   const parts = (process.env.BENCH_PARTS ?? "hot,cold").split(",");
   const hot = parts.includes("hot") ? await hotPath() : [];
   if (hot.length) printHot(hot);
@@ -384,11 +409,24 @@ async function main() {
       ])
     : [];
   if (cold.length) printCold(cold);
+  writeSummary({ hot: hot.length ? hotSummary(hot) : undefined, sequential, cold: cold.map(({ samples: _, ...r }) => r) });
   const bad = cold.filter((r) => r.restores !== 1 || r.errors !== 0);
   if (bad.length || hot.some((r) => r.errors)) {
     console.log("\nFAILED: a cold run needed more than one restore or had errors, or the hot path had errors");
     process.exitCode = 1;
   }
+}
+
+/** Medians of the interleaved runs, per path. */
+function hotSummary(hot: HotRow[]) {
+  const pick = (name: string, f: (r: HotRow) => number) => median(hot.filter((r) => r.name.startsWith(name)).map(f));
+  const direct = { rps: pick("client → guest", (r) => r.rps), p50: pick("client → guest", (r) => r.p50) };
+  const side = { rps: pick("client → sidecar", (r) => r.rps), p50: pick("client → sidecar", (r) => r.p50), cpu: pick("client → sidecar", (r) => r.cpuUs!) };
+  const naive = { rps: pick("client → naive", (r) => r.rps), cpu: pick("client → naive", (r) => r.cpuUs!) };
+  const withTraefik = hot.some((r) => r.name.startsWith("client → Traefik → guest"));
+  const tDirect = withTraefik ? { rps: pick("client → Traefik → guest", (r) => r.rps), p50: pick("client → Traefik → guest", (r) => r.p50) } : undefined;
+  const tSide = withTraefik ? { rps: pick("client → Traefik → sidecar", (r) => r.rps), p50: pick("client → Traefik → sidecar", (r) => r.p50) } : undefined;
+  return { direct, side, naive, tDirect, tSide };
 }
 
 function printHot(hot: HotRow[]) {
@@ -399,17 +437,12 @@ function printHot(hot: HotRow[]) {
       `${r.name.padEnd(34)} ${fmt(r.rps, 0).padStart(8)}  ${fmt(r.p50).padStart(6)}  ${fmt(r.p99).padStart(6)}  ${String(r.errors).padStart(6)}  ${r.cpuUs === undefined ? "" : fmt(r.cpuUs, 0).padStart(8)}`,
     );
   }
-  const pick = (name: string, f: (r: HotRow) => number) => median(hot.filter((r) => r.name.startsWith(name)).map(f));
-  const direct = { rps: pick("client → guest", (r) => r.rps), p50: pick("client → guest", (r) => r.p50) };
-  const side = { rps: pick("client → sidecar", (r) => r.rps), p50: pick("client → sidecar", (r) => r.p50), cpu: pick("client → sidecar", (r) => r.cpuUs!) };
-  const naive = { rps: pick("client → naive", (r) => r.rps), cpu: pick("client → naive", (r) => r.cpuUs!) };
+  const { direct, side, naive, tDirect, tSide } = hotSummary(hot);
   console.log(
     `ratios (median of runs): sidecar/direct throughput ${fmt((side.rps / direct.rps) * 100)}%, p50 +${fmt(side.p50 - direct.p50, 2)} ms; ` +
       `sidecar/naive proxy throughput ${fmt((side.rps / naive.rps) * 100)}%, CPU per request ${fmt(side.cpu / naive.cpu, 2)}×`,
   );
-  if (hot.some((r) => r.name.startsWith("client → Traefik → guest"))) {
-    const tDirect = { rps: pick("client → Traefik → guest", (r) => r.rps), p50: pick("client → Traefik → guest", (r) => r.p50) };
-    const tSide = { rps: pick("client → Traefik → sidecar", (r) => r.rps), p50: pick("client → Traefik → sidecar", (r) => r.p50) };
+  if (tDirect && tSide) {
     console.log(
       `with Traefik: Traefik→guest ${fmt((tDirect.rps / direct.rps) * 100)}% of direct; Traefik→sidecar→guest ${fmt((tSide.rps / tDirect.rps) * 100)}% of Traefik→guest, p50 +${fmt(tSide.p50 - tDirect.p50, 2)} ms`,
     );
@@ -443,5 +476,8 @@ else if (mode === "--cold-client") await coldClientMode(process.argv[3]!, proces
 else {
   // The sidecar runs in this process, as the product's service processes run (main.ts).
   capYoungGeneration();
-  await main();
+  await main().catch((err: Error) => {
+    console.error(err.message.startsWith("BENCH_SIM_NETWORK") ? err.message : err);
+    process.exit(1);
+  });
 }
