@@ -21,7 +21,7 @@ export type ForwardResult =
   | { ok: false; reason: "reset"; reused: boolean }
   | { ok: false; reason: "timeout"; phase: "connect" | "response" }
   /**
-   * Sent on a kept-alive socket to a VM that, asked after `staleAfterMs` without an answer, no longer
+   * Sent to a VM that, asked after `staleAfterMs` without an answer, no longer
    * takes connections: Hatch froze it (a VM paused for a snapshot drops packets; its connections
    * hang without a FIN or a reset). `sent` = the request's body (if any) had left.
    */
@@ -41,7 +41,7 @@ export interface ForwardOptions {
   /** Longest wait for the response head once connected (then 504). */
   responseTimeoutMs: number;
   /**
-   * On a reused socket with no response head after `staleAfterMs`, `alive()` is asked (a fresh
+   * With no response head after `staleAfterMs`, `alive()` is asked (a fresh
    * connect to the VM, say); false ends the attempt as `stale` instead of waiting out the response
    * timeout on a connection the VM will never answer.
    */

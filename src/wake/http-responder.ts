@@ -184,11 +184,17 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
         extraResponseHeaders: coldList(waitStart),
         connectTimeoutMs: ctx.connectTimeoutMs,
         responseTimeoutMs: config.wakeTimeoutMs,
+        // Put to sleep again by the platform as it was answering: a paused VM never answers.
+        stale: { afterMs: STALE_AFTER_MS, alive: () => probeOnce(target.host, port, STALE_PROBE_MS) },
       });
       if (r.ok) return countForwarded(req, vm, d.subdomain, r.status, waitStart);
-      // Only a connection that never carried a byte is retried (refused, or not reached), so nothing runs twice.
-      const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect");
-      const again = r.reason === "refused" || unreachable || (r.reason === "reset" && r.reused && attempt === 0 && isIdempotent(req.method) && body.length === 0);
+      if (r.reason === "stale") dropPooled(ctx.agent, target.host, port);
+      // Only a connection that never carried a byte is retried (refused, or not reached), so nothing
+      // runs twice, except a bodyless GET or HEAD cut or frozen before its answer (a sleep made on the
+      // platform as it was replayed), which HTTP lets run again: a few times, after the next wake.
+      const lostGet = (r.reason === "reset" || r.reason === "stale") && isIdempotent(req.method) && body.length === 0 && attempt < RESET_TRIES;
+      const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect") || lostGet;
+      const again = r.reason === "refused" || unreachable;
       if (!again || Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) {
         return sendForwardFailure(res, r, port, coldHeaders(waitStart));
       }
