@@ -30,6 +30,9 @@ describe.skipIf(!bin)("sleeps through a real Traefik lose no request", () => {
     const load = startLoad(f.traefik.entryPort, "zeroloss.hatch.local", { prefix: "api" });
     const drains: number[] = [];
     for (let i = 0; i < 20; i++) {
+      // Every other sleep comes once the load runs on Traefik's direct path again (its pooled
+      // connections to the VM in use), the others right after the wake, while it still goes through the sidecar.
+      if (i % 2 === 0) await waitFor(() => f.direct(route.id), "the direct routers back after the wake");
       await new Promise((r) => setTimeout(r, 150));
       const started = Date.now();
       const r = await api(f.stack, "POST", `/vms/${vm.id}/sleep`);
@@ -54,6 +57,8 @@ describe.skipIf(!bin)("sleeps through a real Traefik lose no request", () => {
     await waitFor(() => f.direct(route.id), "the direct router");
     const load = startLoad(f.traefik.entryPort, "external.hatch.local", { prefix: "ext" });
     for (let i = 0; i < 20; i++) {
+      // As above: half the sleeps meet the load on the direct path, half right after the wake.
+      if (i % 2 === 0) await waitFor(() => f.direct(route.id), "the direct routers back after the wake");
       await new Promise((r) => setTimeout(r, 150));
       await f.simulator.sim.snapshot(vm.id);
       await waitFor(() => f.simulator.sim.getVm(vm.id)!.state === "running", "a request to wake the VM", 15_000);
