@@ -99,7 +99,7 @@ function printSideBySide() {
     add("sleep api: held through a sleep p50 / p99 ms", (s) => s.api && `${ms(s.api.held[0])} / ${ms(s.api.held[1])}`, "sleep");
     add("sleep api: running VM baseline p50 / p99 ms", (s) => s.api && `${ms(s.api.base[0])} / ${ms(s.api.base[1])}`, "sleep");
     add("sleep external: failed GETs / failed POSTs (of POSTs)", (s) => s.ext && `${s.ext.fGet} / ${s.ext.fPost} (of ${s.ext.posts})`, "sleep");
-    add("sleep external: rids run twice", (s) => s.ext?.twice, "sleep");
+    add("sleep external: POSTs run twice", (s) => s.ext?.twice, "sleep");
     add("sleep external: sleeps with failures; last failure after snapshot max ms", (s) => s.ext && `${s.ext.hit}; ${ms(s.ext.lastMax)}`, "sleep");
     add("sleep external: GETs via 307 fallback p50 / p99 ms", (s) => s.ext && `${ms(s.ext.fallback[0])} / ${ms(s.ext.fallback[1])}`, "sleep");
     add("sleep external: snapshot → running p50 / max ms", (s) => s.ext && `${ms(s.ext.run50)} / ${ms(s.ext.runMax)}`, "sleep");
