@@ -79,8 +79,8 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     sendFailure(res, { status: 503, error: "route API unavailable", headers: { "retry-after": "1" } });
   }
 
-  /** `attempt` counts the tries already made for this request (0 for its first). */
-  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, attempt: number, deadline = Date.now() + config.wakeTimeoutMs): Promise<void> {
+  /** `attempt` counts the tries already made for this request (0 for its first), `resets` those the VM reset. */
+  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, attempt: number, deadline = Date.now() + config.wakeTimeoutMs, resets = 0): Promise<void> {
     const port = d.route.targetPort;
     const target: Target = { host: d.vm.guest_ip!, port };
     const started = performance.now();
@@ -99,28 +99,28 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // Nothing of a GET had to leave the socket to be lost: ask what the VM is, as for a VM not reached.
       if (r.sent || !isIdempotent(req.method)) return sendForwardFailure(res, r, port);
     }
-    if (r.reason === "reset" && attempt < RESET_TRIES && hasNoBody(req) && isIdempotent(req.method)) {
+    if (r.reason === "reset" && resets < RESET_TRIES && hasNoBody(req) && isIdempotent(req.method)) {
       // A kept-alive socket the VM had closed, or a connection frozen by a snapshot and reset after
       // the restore (the VM may have slept and woken, even twice): a fresh try, as for a VM not
       // reached. Bounded, so an app that resets every request gets its 502 soon.
-      if (r.reused) return forwardRunning(req, res, d, attempt + 1, deadline);
-      return notReached(req, res, d, "unreachable", r, deadline, attempt);
+      if (r.reused) return forwardRunning(req, res, d, attempt + 1, deadline, resets + 1);
+      return notReached(req, res, d, "unreachable", r, deadline, attempt, resets + 1);
     }
     // Nothing reached the VM: no route to it, no answer to the connect in time, or a frozen connection.
     const unreachable = r.reason === "unreachable" || r.reason === "stale" || (r.reason === "timeout" && r.phase === "connect");
     if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
     if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
-    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline, attempt);
+    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline, attempt, resets);
   }
 
   /** The cached state said running but the VM did not take the request: the lifecycle asks what it really is. */
-  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number, attempt: number): Promise<void> {
+  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number, attempt: number, resets: number): Promise<void> {
     const started = performance.now();
     const next = await lifecycle.whenNotReached(d.route, how);
     if (next.kind === "fail") return sendFailure(res, next.failure);
     if (next.kind === "app") return sendForwardFailure(res, r, d.route.targetPort);
-    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, attempt + 1, deadline);
+    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, attempt + 1, deadline, resets);
     return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
 
@@ -175,7 +175,8 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
   async function replay(req: IncomingMessage, res: ServerResponse, d: Routed, vm: Vm, body: Buffer, deadline: number, waitStart: number): Promise<void> {
     const port = d.route.targetPort;
     const headers = ctx.headersFor(req);
-    for (let attempt = 0; ; attempt++) {
+    let resets = 0;
+    for (;;) {
       const target: Target = { host: vm.guest_ip!, port };
       const r: ForwardResult = await forwardRequest(req, res, target, {
         agent: ctx.agent,
@@ -192,7 +193,8 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // Only a connection that never carried a byte is retried (refused, or not reached), so nothing
       // runs twice, except a bodyless GET or HEAD cut or frozen before its answer (a sleep made on the
       // platform as it was replayed), which HTTP lets run again: a few times, after the next wake.
-      const lostGet = (r.reason === "reset" || r.reason === "stale") && isIdempotent(req.method) && body.length === 0 && attempt < RESET_TRIES;
+      const lostGet = (r.reason === "reset" || r.reason === "stale") && isIdempotent(req.method) && body.length === 0 && resets < RESET_TRIES;
+      if (lostGet) resets++;
       const unreachable = r.reason === "unreachable" || (r.reason === "timeout" && r.phase === "connect") || lostGet;
       const again = r.reason === "refused" || unreachable;
       if (!again || Date.now() + REPLAY_RETRY_MS >= deadline || ctx.closed) {
