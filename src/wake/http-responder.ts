@@ -8,7 +8,7 @@ import type { Vm } from "../vms/platform.ts";
 import { bodyTooLargeMessage, HeldBytesFullError } from "../lifecycle/held-bytes.ts";
 import { WakeAnswers } from "./answers.ts";
 import { declaredLength, hasNoBody, readBody } from "./body.ts";
-import { forwardRequest, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
+import { forwardRequest, type ForwardOptions, type ForwardResult, type Target, type UpgradeResult } from "./forward.ts";
 import { wantsWakingPage } from "./page.ts";
 import { probeOnce } from "../lifecycle/ready.ts";
 import { CLIENT_GONE, coldHeaders, coldList, dropPooled, forwardFailure, isIdempotent, REPLAY_RETRY_MS, type ResponderDeps, type Resolved, type Routed } from "./proxy-context.ts";
@@ -35,6 +35,14 @@ const STALE_AFTER_MS = 1000;
 const STALE_PROBE_MS = 500;
 /** Tries of a bodyless GET or HEAD whose connection the VM reset (a sleep and wake can cut it more than once). */
 const RESET_TRIES = 3;
+
+/**
+ * A forwarded request (or replay) that hears nothing for STALE_AFTER_MS has its VM checked with a
+ * fresh connect: a VM the platform paused for a snapshot never answers, and its connections hang.
+ */
+function staleCheck(host: string, port: number): ForwardOptions["stale"] {
+  return { afterMs: STALE_AFTER_MS, alive: () => probeOnce(host, port, STALE_PROBE_MS) };
+}
 
 /** The handler for a resolved plain HTTP request; never rejects (errors become answers). */
 export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, res: ServerResponse, resolved: Resolved) => Promise<void> {
@@ -90,8 +98,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       headers: ctx.headersFor(req),
       connectTimeoutMs: ctx.connectTimeoutMs,
       responseTimeoutMs: config.wakeTimeoutMs,
-      // A kept-alive connection to a VM frozen for a snapshot never answers: check the VM after a while.
-      stale: { afterMs: STALE_AFTER_MS, alive: () => probeOnce(target.host, port, STALE_PROBE_MS) },
+      stale: staleCheck(target.host, port),
     });
     if (r.ok) return countForwarded(req, d.vm, d.subdomain, r.status, started);
     if (r.reason === "stale") {
@@ -185,8 +192,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
         extraResponseHeaders: coldList(waitStart),
         connectTimeoutMs: ctx.connectTimeoutMs,
         responseTimeoutMs: config.wakeTimeoutMs,
-        // Put to sleep again by the platform as it was answering: a paused VM never answers.
-        stale: { afterMs: STALE_AFTER_MS, alive: () => probeOnce(target.host, port, STALE_PROBE_MS) },
+        stale: staleCheck(target.host, port),
       });
       if (r.ok) return countForwarded(req, vm, d.subdomain, r.status, waitStart);
       if (r.reason === "stale") dropPooled(ctx.agent, target.host, port);
