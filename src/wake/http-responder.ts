@@ -62,7 +62,7 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // by another request), send the client back to it; otherwise the app answered 502/504
       // itself, and a redirect could loop: pass the app's answer on.
       if (r.fallback && lifecycle.recentlyUp(r.route.vmId, a.vm)) return sendRetry(res, req.url ?? "/");
-      return forwardRunning(req, res, { ...r, vm: a.vm }, 0);
+      return forwardRunning(req, res, { ...r, vm: a.vm }, false);
     }
     return wakeAndForward(req, res, r, performance.now());
   }
@@ -87,12 +87,12 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
     sendFailure(res, { status: 503, error: "route API unavailable", headers: { "retry-after": "1" } });
   }
 
-  /** `attempt` counts the tries already made for this request (0 for its first), `resets` those the VM reset. */
-  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, attempt: number, deadline = Date.now() + config.wakeTimeoutMs, resets = 0): Promise<void> {
+  /** `retried`: not this request's first try; `resets`: how many of its tries the VM reset. */
+  async function forwardRunning(req: IncomingMessage, res: ServerResponse, d: Routed, retried: boolean, deadline = Date.now() + config.wakeTimeoutMs, resets = 0): Promise<void> {
     const port = d.route.targetPort;
     const target: Target = { host: d.vm.guest_ip!, port };
     const started = performance.now();
-    if (attempt === 0) tracked(res, d.route.vmId);
+    if (!retried) tracked(res, d.route.vmId);
     const r = await forwardRequest(req, res, target, {
       agent: ctx.agent,
       headers: ctx.headersFor(req),
@@ -110,27 +110,26 @@ export function createHttpResponder(ctx: ResponderDeps): (req: IncomingMessage, 
       // A kept-alive socket the VM had closed, or a connection frozen by a snapshot and reset after
       // the restore (the VM may have slept and woken, even twice): a fresh try, as for a VM not
       // reached. Bounded, so an app that resets every request gets its 502 soon.
-      if (r.reused) return forwardRunning(req, res, d, attempt + 1, deadline, resets + 1);
-      return notReached(req, res, d, "unreachable", r, deadline, attempt, resets + 1);
+      if (r.reused) return forwardRunning(req, res, d, true, deadline, resets + 1);
+      return notReached(req, res, d, "unreachable", r, deadline, resets + 1);
     }
     // Nothing reached the VM: no route to it, no answer to the connect in time, or a frozen connection.
     const unreachable = r.reason === "unreachable" || r.reason === "stale" || (r.reason === "timeout" && r.phase === "connect");
     if (r.reason !== "refused" && r.reason !== "reset" && !unreachable) return sendForwardFailure(res, r, port);
     if (r.reason === "reset" && !(r.reused && hasNoBody(req))) return sendForwardFailure(res, r, port);
     if (unreachable && (Date.now() >= deadline || ctx.closed)) return sendForwardFailure(res, r, port);
-    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline, attempt, resets);
+    return notReached(req, res, d, unreachable ? "unreachable" : "refused", r, deadline, resets);
   }
 
   /** The cached state said running but the VM did not take the request: the lifecycle asks what it really is. */
-  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number, attempt: number, resets: number): Promise<void> {
+  async function notReached(req: IncomingMessage, res: ServerResponse, d: Routed, how: "unreachable" | "refused", r: ForwardResult & { ok: false }, deadline: number, resets: number): Promise<void> {
     const started = performance.now();
     const next = await lifecycle.whenNotReached(d.route, how);
     if (next.kind === "fail") return sendFailure(res, next.failure);
     if (next.kind === "app") return sendForwardFailure(res, r, d.route.targetPort);
-    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, attempt + 1, deadline, resets);
+    if (next.kind === "retry") return forwardRunning(req, res, { ...d, vm: next.vm }, true, deadline, resets);
     return wakeAndForward(req, res, { ...d, vm: next.vm }, started);
   }
-
 
   async function wakeAndForward(req: IncomingMessage, res: ServerResponse, d: Routed, waitStart: number): Promise<void> {
     const declared = declaredLength(req);
