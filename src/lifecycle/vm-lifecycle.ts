@@ -9,32 +9,19 @@
  * them wait until it is done and then wake the VM again. The sleep itself runs in sleeper.ts,
  * under the same per-VM lock, so a wake never races a snapshot.
  */
-import type { Config } from "../config.ts";
-import type { Database } from "../db/client.ts";
 import type { RouteRow } from "../db/schema.ts";
 import { cancelIdleSleep } from "../db/sleeps.repo.ts";
-import type { Logger } from "../log.ts";
-import { SLEEPING_STATES, type Vm, type VmDirectory, type VmPlatform } from "../vms/platform.ts";
+import { SLEEPING_STATES, type Vm } from "../vms/platform.ts";
 import { BodyTooLargeError, bodyTooLargeMessage, ClientGoneError, HeldBytes } from "./held-bytes.ts";
 import type { WakeMetrics } from "./metrics.ts";
 import { HoldCounter, SingleFlight } from "./single-flight.ts";
-import type { ActivityRecorder } from "./activity.ts";
 import { FailureError, SHUTTING_DOWN, ShuttingDownError, type Failure } from "./failure.ts";
-import type { SleepWatch } from "./sleep-watch.ts";
-import { WakeFlights, type Woken } from "./wake-flight.ts";
+import { WakeFlights, type WakeFlightDeps, type Woken } from "./wake-flight.ts";
 import { LifecycleAnswers } from "./answers.ts";
 import { AddressGuard } from "./address-guard.ts";
 
-export interface LifecycleDeps {
-  config: Config;
-  database: Database;
-  platform: VmPlatform;
-  directory: VmDirectory;
-  activity: ActivityRecorder;
-  sleeps: SleepWatch;
-  metrics: WakeMetrics;
-  log: Logger;
-}
+/** The lifecycle is built from what its wake flights are built from. */
+export type LifecycleDeps = WakeFlightDeps;
 
 /** Pause before a VM that did not take a connection is tried again. */
 const UNREACHABLE_RETRY_MS = 100;
