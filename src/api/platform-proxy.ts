@@ -44,11 +44,11 @@ export function platformProxy(deps: PlatformProxyDeps) {
   // Restores block until the VM runs (seconds on a real Hatch): calls that change a VM get the wake timeout.
   const readTimeout = deps.config.platformTimeoutMs;
   const writeTimeout = Math.max(deps.config.platformTimeoutMs, deps.config.wakeTimeoutMs);
-  const deadlineOf = (method: string, path: string): number | undefined => {
+  const sleepTimeout = Math.max(writeTimeout, deps.config.platformSleepTimeoutMs);
+  const deadlineOf = (method: string, path: string, sleepCall: boolean): number | undefined => {
     if (method === "GET" || method === "HEAD") return readTimeout;
     if (EXEC_CALL.test(path)) return undefined;
-    if (SLEEP_CALL.test(path)) return Math.max(writeTimeout, deps.config.platformSleepTimeoutMs);
-    return writeTimeout;
+    return sleepCall ? sleepTimeout : writeTimeout;
   };
 
   return async (c: Context) => {
@@ -58,10 +58,11 @@ export function platformProxy(deps: PlatformProxyDeps) {
     const headers = new Headers();
     for (const [k, v] of c.req.raw.headers) if (!DROP_REQUEST.has(k.toLowerCase())) headers.set(k, v);
     const body = method !== "GET" && method !== "HEAD" ? await readBodyBytes(c, RELAY_MAX_BODY) : undefined;
-    const timeoutMs = deadlineOf(method, path);
+    const sleepCall = SLEEP_CALL.test(path);
+    const timeoutMs = deadlineOf(method, path, sleepCall);
     // The caller leaving ends the call, except a snapshot or stop: cut midway, Hatch would leave the
     // VM paused, so it runs to its end. A deadline, where there is one, ends it too.
-    const gone = SLEEP_CALL.test(path) ? new AbortController().signal : c.req.raw.signal;
+    const gone = sleepCall ? new AbortController().signal : c.req.raw.signal;
     const signal = timeoutMs === undefined ? gone : AbortSignal.any([gone, AbortSignal.timeout(timeoutMs)]);
     let res: Response;
     try {
