@@ -8,6 +8,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import type { SimulatorOptions } from "../src/vms/simulator/index.ts";
 import { ip } from "../src/vms/simulator/network/ip-command.ts";
+import { bridgeSubnetFor } from "../src/vms/simulator/network/subnet.ts";
 
 export type BenchNetwork = "loopback" | "bridge";
 
@@ -23,9 +24,7 @@ export function benchNetwork(): BenchNetwork {
  * `127.a.b`; on the bridge it gets the subnet `10.a.b.0/24` (as the tests map theirs).
  */
 export function benchSimOptions(ipPrefix: string): Pick<SimulatorOptions, "ipPrefix" | "network" | "subnet"> {
-  if (benchNetwork() !== "bridge") return { ipPrefix };
-  const [, a, b] = ipPrefix.split(".");
-  return { network: "bridge", subnet: `10.${a}.${b}.0/24` };
+  return benchNetwork() === "bridge" ? { network: "bridge", subnet: bridgeSubnetFor(ipPrefix) } : { ipPrefix };
 }
 
 const HOW = "run it through `npm run bench -- <name> --network=bridge` (root: it uses `unshare -n`), or by hand: unshare -n -- sh -c 'ip link set lo up && BENCH_SIM_NETWORK=bridge npx tsx bench/<name>.ts'";

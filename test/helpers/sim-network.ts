@@ -4,6 +4,7 @@
  * Hatch's network behaves (a VM being snapshotted is a black hole, a snapshotted one unreachable).
  */
 import type { SimulatorOptions } from "../../src/vms/simulator/index.ts";
+import { bridgeSubnetFor } from "../../src/vms/simulator/network/subnet.ts";
 
 export const simNetwork: "loopback" | "bridge" = process.env.HATCH_TEST_SIM_NETWORK === "bridge" ? "bridge" : "loopback";
 
@@ -13,7 +14,5 @@ export const simNetwork: "loopback" | "bridge" = process.env.HATCH_TEST_SIM_NETW
  * one process never share a bridge subnet.
  */
 export function simNetworkOptions(ipPrefix: string): Pick<SimulatorOptions, "network" | "subnet"> {
-  if (simNetwork !== "bridge") return {};
-  const [, a, b] = ipPrefix.split(".");
-  return { network: "bridge", subnet: `10.${a}.${b}.0/24` };
+  return simNetwork === "bridge" ? { network: "bridge", subnet: bridgeSubnetFor(ipPrefix) } : {};
 }

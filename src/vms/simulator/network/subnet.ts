@@ -11,6 +11,15 @@ export const ipToInt = (ip: string): number => ip.split(".").reduce((n, o) => n 
 export const intToIp = (n: number): string => [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join(".");
 const isIpv4 = (s: string) => /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(s) && s.split(".").every((o) => Number(o) <= 255 && String(Number(o)) === o);
 
+/**
+ * The bridge subnet that stands for a loopback prefix `127.a.b`: `10.a.b.0/24`. Tests and benchmarks
+ * give each simulator a prefix of its own; on the bridge this keeps their subnets apart the same way.
+ */
+export const bridgeSubnetFor = (loopbackPrefix: string): string => {
+  const [, a, b] = loopbackPrefix.split(".");
+  return `10.${a}.${b}.0/24`;
+};
+
 /** A parsed `a.b.c.d/len` with len 16–29 (a /16 already holds 65,533 guests; below /29 no guest fits beside the bridge). */
 export class Subnet {
   readonly network: number;
